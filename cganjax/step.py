@@ -1,0 +1,346 @@
+"""Train state and the data-parallel training step.
+
+One compiled step updates D, then G with the updated D, then the EMA copy of
+G. It runs SPMD over a 1-D device mesh with axis `data` through
+`jax.shard_map`: each device sees its slice of the global batch, gradients
+and metrics are averaged with `lax.pmean`, and the state is replicated.
+Noise, masks and attribute flips come from a key per global example, so the
+device count does not change the result.
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cganjax import losses, masks, models
+from cganjax.data import parts
+from cganjax.errors import InputError
+
+DATA_AXIS = 'data'
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  g_params: Any
+  d_params: Any
+  g_ema_params: Any
+  g_opt_state: Any
+  d_opt_state: Any
+  # Steps whose update was skipped because a loss or gradient was not finite.
+  nonfinite_steps: jax.Array
+  consecutive_nonfinite: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Networks:
+  generator: models.Generator
+  discriminator: models.Discriminator
+  g_optimizer: optax.GradientTransformation
+  d_optimizer: optax.GradientTransformation
+  regions: masks.RegionTable
+
+
+def create_networks(config, attributes) -> Networks:
+  generator, discriminator = models.create_models(config, len(attributes))
+  optim = config.optim
+  g_optimizer = optax.adam(optim.g_learning_rate, b1=optim.b1, b2=optim.b2)
+  d_optimizer = optax.adam(optim.d_learning_rate, b1=optim.b1, b2=optim.b2)
+  return Networks(
+    generator=generator,
+    discriminator=discriminator,
+    g_optimizer=g_optimizer,
+    d_optimizer=d_optimizer,
+    regions=masks.RegionTable(attributes),
+  )
+
+
+def create_train_state(config, networks: Networks) -> TrainState:
+  rng = jax.random.fold_in(jax.random.key(config.seed), 0x5EED)
+  g_params, d_params = models.init_params(
+    networks.generator, networks.discriminator, rng, config.data.image_size
+  )
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    g_params=g_params,
+    d_params=d_params,
+    g_ema_params=jax.tree.map(jnp.copy, g_params),
+    g_opt_state=networks.g_optimizer.init(g_params),
+    d_opt_state=networks.d_optimizer.init(d_params),
+    nonfinite_steps=jnp.zeros((), jnp.int32),
+    consecutive_nonfinite=jnp.zeros((), jnp.int32),
+  )
+
+
+def create_mesh(devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def exclusive_matrix(attributes) -> np.ndarray:
+  """[A, A] bool: entry (a, b) is true when b must turn off if a turns on."""
+  index = {name: i for i, name in enumerate(attributes)}
+  matrix = np.zeros((len(attributes),) * 2, bool)
+  for group in parts.EXCLUSIVE_GROUPS:
+    members = [index[name] for name in group if name in index]
+    for a in members:
+      for b in members:
+        matrix[a, b] = a != b
+  return matrix
+
+
+def image_to_float(image: jax.Array) -> jax.Array:
+  return image.astype(jnp.float32) / 127.5 - 1.0
+
+
+def example_keys(step_key: jax.Array, global_index: jax.Array) -> jax.Array:
+  return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(global_index)
+
+
+def draw_inputs(config, networks: Networks, batch: dict, keys: jax.Array):
+  """Draw masks, target attributes and noise, one key per example.
+
+  Returns a dict with `image` (float [-1, 1]), `mask` [B, H, W, 1], `source`
+  and `target` attributes [B, A] (float 0/1), `noise` [B, Z] and
+  `reconstruct` [B], 1 where the mask edits nothing (reconstruction applies).
+  """
+  mask_config = config.masks
+  image = image_to_float(batch['image'])
+  source = batch['attributes'].astype(jnp.float32)
+  _, height, width, _ = image.shape
+  num_attributes = source.shape[-1]
+
+  regions = networks.regions.regions(batch['parts'])
+  nonempty = jnp.any(regions, axis=(2, 3))
+  has_region = jnp.asarray(networks.regions.has_region)
+  exclusive = jnp.asarray(exclusive_matrix(networks.regions.attributes))
+
+  def per_example(key, region_nonempty):
+    type_key, choice_key, flip_key, noise_key = jax.random.split(key, 4)
+    u = jax.random.uniform(type_key)
+    kind = jnp.where(
+      u < mask_config.whole_prob,
+      masks.WHOLE,
+      jnp.where(
+        u < mask_config.whole_prob + mask_config.part_prob,
+        masks.PART,
+        masks.FREE_FORM,
+      ),
+    )
+    candidates = has_region & region_nonempty
+    logits = jnp.where(candidates, 0.0, -jnp.inf)
+    chosen = jax.random.categorical(choice_key, logits)
+    usable = jnp.any(candidates)
+    kind = jnp.where((kind == masks.PART) & ~usable, masks.FREE_FORM, kind)
+    flip = jax.random.bernoulli(flip_key, mask_config.flip_prob) & (
+      kind == masks.PART
+    )
+    noise = jax.random.normal(noise_key, (networks.generator.noise_dim,))
+    return kind, chosen, flip, noise
+
+  kind, chosen, flip, noise = jax.vmap(per_example)(keys, nonempty)
+
+  chosen_onehot = jax.nn.one_hot(chosen, num_attributes, dtype=jnp.bool_)
+  part_mask = jnp.any(regions & chosen_onehot[:, :, None, None], axis=1)
+  part_mask = masks.dilate(part_mask, mask_config.part_dilation * height)
+  stroke_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+  stroke_mask = masks.free_form_masks(
+    stroke_keys,
+    height,
+    width,
+    mask_config.free_form_max_strokes,
+    mask_config.free_form_max_width,
+  )
+  mask = jnp.where(
+    (kind == masks.WHOLE)[:, None, None],
+    True,
+    jnp.where((kind == masks.PART)[:, None, None], part_mask, stroke_mask),
+  )
+
+  flipped_value = 1.0 - jnp.sum(source * chosen_onehot, axis=-1)
+  turns_on = flip & (flipped_value > 0.5)
+  switched_off = turns_on[:, None] & exclusive[chosen]
+  target = jnp.where(switched_off, 0.0, source)
+  target = jnp.where(
+    flip[:, None] & chosen_onehot, flipped_value[:, None], target
+  )
+
+  return {
+    'image': image,
+    'mask': mask[..., None].astype(jnp.float32),
+    'source': source,
+    'target': target,
+    'noise': noise,
+    'reconstruct': ((kind != masks.WHOLE) & ~flip).astype(jnp.float32),
+  }
+
+
+def all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves))
+
+
+def select_tree(condition: jax.Array, when_true, when_false):
+  return jax.tree.map(
+    lambda a, b: jnp.where(condition, a, b), when_true, when_false
+  )
+
+
+def global_mean(local_loss: jax.Array) -> jax.Array:
+  """Average a per-device loss over the `data` axis.
+
+  Differentiating this global mean with respect to the replicated
+  parameters gives the global mean gradient, already the same on every
+  device. NOTE: this relies on `jax.shard_map` tracking which values vary
+  across devices (`check_vma=True`, the default in JAX 0.10): the transpose
+  of the implicit broadcast of a replicated parameter is a `psum`, so taking
+  the gradient of the local loss and then a `pmean` of the gradients would
+  give the device count times the mean gradient.
+  """
+  return jax.lax.pmean(local_loss, DATA_AXIS)
+
+
+def _local_step(config, networks: Networks, state: TrainState, batch: dict):
+  """The per-device step; gradients and metrics are averaged over `data`."""
+  generator, discriminator = networks.generator, networks.discriminator
+  loss_config = config.loss
+  local_size = batch['image'].shape[0]
+  offset = jax.lax.axis_index(DATA_AXIS) * local_size
+  step_key = jax.random.fold_in(jax.random.key(config.seed), state.step)
+  keys = example_keys(step_key, offset + jnp.arange(local_size))
+  inputs = draw_inputs(config, networks, batch, keys)
+  image, mask = inputs['image'], inputs['mask']
+
+  def generate(g_params):
+    raw = generator.apply(
+      {'params': g_params}, image, mask, inputs['target'], inputs['noise']
+    )
+    return raw, models.composite(image, mask, raw)
+
+  _, fake = generate(state.g_params)
+  fake = jax.lax.stop_gradient(fake)
+
+  def d_loss_fn(d_params):
+    real_score, real_logits = discriminator.apply({'params': d_params}, image)
+    fake_score, _ = discriminator.apply({'params': d_params}, fake)
+    adversarial = losses.hinge_d_loss(real_score, fake_score)
+    attribute = losses.attribute_loss(real_logits, inputs['source'])
+    total = global_mean(
+      loss_config.adversarial.weight * adversarial
+      + loss_config.attribute.d_weight * attribute
+    )
+    accuracy = jnp.mean((real_logits > 0) == (inputs['source'] > 0.5))
+    return total, {
+      'loss/D/total': total,
+      'loss/D/adversarial': adversarial,
+      'loss/D/attribute': attribute,
+      'scores/real': jnp.mean(real_score),
+      'scores/fake': jnp.mean(fake_score),
+      'accuracy/D/real_attributes': accuracy,
+    }
+
+  (d_loss, d_metrics), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
+    state.d_params
+  )
+  d_updates, d_opt_state = networks.d_optimizer.update(
+    d_grads, state.d_opt_state, state.d_params
+  )
+  d_params = optax.apply_updates(state.d_params, d_updates)
+  d_finite = jnp.isfinite(d_loss) & all_finite(d_grads) & all_finite(d_params)
+  d_params = select_tree(d_finite, d_params, state.d_params)
+  d_opt_state = select_tree(d_finite, d_opt_state, state.d_opt_state)
+
+  def g_loss_fn(g_params):
+    raw, composed = generate(g_params)
+    score, logits = discriminator.apply({'params': d_params}, composed)
+    adversarial = losses.hinge_g_loss(score)
+    attribute = losses.attribute_loss(logits, inputs['target'])
+    reconstruction = losses.masked_l1_loss(
+      raw, image, mask, inputs['reconstruct']
+    )
+    total = global_mean(
+      loss_config.adversarial.weight * adversarial
+      + loss_config.attribute.weight * attribute
+      + loss_config.reconstruction.weight * reconstruction
+    )
+    accuracy = jnp.mean((logits > 0) == (inputs['target'] > 0.5))
+    return total, {
+      'loss/G/total': total,
+      'loss/G/adversarial': adversarial,
+      'loss/G/attribute': attribute,
+      'loss/G/reconstruction': reconstruction,
+      'accuracy/D/fake_targets': accuracy,
+    }
+
+  (g_loss, g_metrics), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
+    state.g_params
+  )
+  g_updates, g_opt_state = networks.g_optimizer.update(
+    g_grads, state.g_opt_state, state.g_params
+  )
+  g_params = optax.apply_updates(state.g_params, g_updates)
+  g_finite = jnp.isfinite(g_loss) & all_finite(g_grads) & all_finite(g_params)
+  g_params = select_tree(g_finite, g_params, state.g_params)
+  g_opt_state = select_tree(g_finite, g_opt_state, state.g_opt_state)
+  g_ema_params = optax.incremental_update(
+    g_params, state.g_ema_params, 1.0 - config.optim.ema_decay
+  )
+  g_ema_params = select_tree(g_finite, g_ema_params, state.g_ema_params)
+
+  finite = d_finite & g_finite
+  skipped = (~finite).astype(jnp.int32)
+  new_state = TrainState(
+    step=state.step + 1,
+    g_params=g_params,
+    d_params=d_params,
+    g_ema_params=g_ema_params,
+    g_opt_state=g_opt_state,
+    d_opt_state=d_opt_state,
+    nonfinite_steps=state.nonfinite_steps + skipped,
+    consecutive_nonfinite=(state.consecutive_nonfinite + 1) * skipped,
+  )
+  metrics = {**d_metrics, **g_metrics}
+  metrics['mask/area'] = jnp.mean(mask)
+  metrics = jax.lax.pmean(metrics, DATA_AXIS)
+  metrics['nonfinite'] = skipped.astype(jnp.float32)
+  return new_state, metrics
+
+
+def make_train_step(config, networks: Networks, mesh: Mesh):
+  """Compile the sharded step: (state, batch) -> (state, metrics).
+
+  The state must be replicated over `mesh` and the batch sharded along its
+  first axis with `batch_sharding(mesh)`. The input state is donated.
+  """
+  sharded = jax.shard_map(
+    functools.partial(_local_step, config, networks),
+    mesh=mesh,
+    in_specs=(P(), P(DATA_AXIS)),
+    out_specs=(P(), P()),
+  )
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+def check_batch_size(batch_size: int, device_count: int) -> None:
+  if batch_size <= 0 or batch_size % device_count:
+    raise InputError(
+      f'train.batch_size={batch_size} is not divisible by the device count '
+      f'{device_count}; set --config.train.batch_size to a positive multiple '
+      f'of {device_count}.'
+    )
