@@ -36,12 +36,13 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv: list[str]) -> None:
   cli.reject_extra_arguments(argv)
+  config = cli.load_config(_CONFIG)
   from cganjax import train  # Imported here so that --help stays fast.
 
   cli.quiet_library_logs()
   logging.info('Work directory: %s', _WORKDIR.value)
   with cli.report_errors(extra_internal=(train.NonFiniteError,)):
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(config, _WORKDIR.value)
 
 
 def run() -> None:

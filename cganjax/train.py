@@ -128,11 +128,14 @@ def check_nonfinite(state: step.TrainState, config, manager, workdir) -> None:
   consecutive = int(state.consecutive_nonfinite)
   if limit > 0 and consecutive >= limit:
     last = manager.latest_step()
+    if last is None:
+      kept = f'no checkpoint was saved in {workdir}'
+    else:
+      kept = f'the last good checkpoint (step {last}) in {workdir} is intact'
     raise NonFiniteError(
       f'losses or gradients were non-finite for {consecutive} consecutive '
-      f'steps up to step {int(state.step)}; the last good checkpoint (step '
-      f'{last}) in {workdir} is intact. Lower the learning rates '
-      '(optim.*_learning_rate) or check the input data.'
+      f'steps up to step {int(state.step)}; {kept}. Lower the learning '
+      'rates (optim.*_learning_rate) or check the input data.'
     )
 
 
@@ -154,11 +157,15 @@ def prepare_run(config, workdir):
   manager = checkpoint.checkpoint_manager(
     workdir, keep=config.train.keep_checkpoints
   )
-  state = step.create_train_state(config, networks)
-  state = jax.device_put(state, step.replicated(mesh))
-  if manager.latest_step() is not None:
+  resuming = manager.latest_step() is not None
+  if resuming:
+    # Checked before the parameters are initialised so that a mismatch
+    # fails at once.
     record = checkpoint.load_run_record(workdir)
     checkpoint.check_same_model(record, config, workdir)
+  state = step.create_train_state(config, networks)
+  state = jax.device_put(state, step.replicated(mesh))
+  if resuming:
     target = checkpoint.abstract_like(state, step.replicated(mesh))
     restored_step, state = checkpoint.restore_state(
       manager, None, target, workdir
