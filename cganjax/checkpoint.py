@@ -38,15 +38,16 @@ class WorkdirError(InputError):
   """A work directory that cannot be used as asked."""
 
 
-def write_atomic(path: Path, text: str) -> None:
-  """Write `text` to `path` through a temporary file and a rename."""
+def write_atomic(path: Path, content: str | bytes) -> None:
+  """Write `content` to `path` through a temporary file and a rename."""
   path = Path(path)
   handle, temporary = tempfile.mkstemp(
     dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp'
   )
   try:
-    with os.fdopen(handle, 'w') as file:
-      file.write(text)
+    mode = 'wb' if isinstance(content, bytes) else 'w'
+    with os.fdopen(handle, mode) as file:
+      file.write(content)
     os.replace(temporary, path)
   except BaseException:
     Path(temporary).unlink(missing_ok=True)

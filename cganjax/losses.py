@@ -65,3 +65,15 @@ def masked_l1_loss(
   if weights is not None:
     per_example = per_example * weights
   return jnp.mean(per_example)
+
+
+def r1_penalty(realness_fn, images: jax.Array) -> jax.Array:
+  """R1 gradient penalty on real images (Mescheder et al., ICML 2018).
+
+  R1 = mean_b ||d realness(x_b) / d x_b||^2, without the gamma / 2 factor,
+  which the caller applies. `realness_fn` maps images [B, H, W, C] to
+  realness logits [B]. The squared norm has no square root, so it stays
+  finite, with a finite gradient, when the image gradient is exactly zero.
+  """
+  gradients = jax.grad(lambda x: jnp.sum(realness_fn(x)))(images)
+  return jnp.mean(jnp.sum(jnp.square(gradients), axis=(1, 2, 3)))

@@ -202,6 +202,42 @@ def select_tree(condition: jax.Array, when_true, when_false):
   )
 
 
+def ema_decay(config, step_number: jax.Array) -> jax.Array:
+  """EMA decay at a step: (1 + t) / (10 + t), capped at optim.ema_decay.
+
+  The warm-up keeps the EMA from averaging in the random initial weights,
+  which would otherwise dominate it for the first thousands of steps.
+  """
+  t = step_number.astype(jnp.float32)
+  return jnp.minimum(config.optim.ema_decay, (1.0 + t) / (10.0 + t))
+
+
+def lazy_r1(config, discriminator, d_params, image, step_number) -> jax.Array:
+  """Weighted R1 term: gamma / 2 * R1 * interval every `interval` steps.
+
+  Lazy regularisation as in StyleGAN2: computing the penalty on one step in
+  `interval` and scaling it by `interval` keeps its average strength.
+  Returns 0 on the other steps, and always when the weight is 0.
+  """
+  r1_config = config.loss.r1
+  if r1_config.weight <= 0:
+    return jnp.zeros((), jnp.float32)
+  interval = max(int(r1_config.interval), 1)
+
+  def penalty():
+    realness = lambda x: discriminator.apply({'params': d_params}, x)[0]
+    value = losses.r1_penalty(realness, image)
+    return 0.5 * r1_config.weight * interval * value
+
+  def skip():
+    # Marked as varying over `data`, like the penalty of local images, so
+    # that both branches of the cond have the same type under shard_map.
+    return jax.lax.pcast(jnp.zeros((), jnp.float32), DATA_AXIS, to='varying')
+
+  due = step_number % interval == 0
+  return jax.lax.cond(due, penalty, skip)
+
+
 def global_mean(local_loss: jax.Array) -> jax.Array:
   """Average a per-device loss over the `data` axis.
 
@@ -241,15 +277,18 @@ def _local_step(config, networks: Networks, state: TrainState, batch: dict):
     fake_score, _ = discriminator.apply({'params': d_params}, fake)
     adversarial = losses.hinge_d_loss(real_score, fake_score)
     attribute = losses.attribute_loss(real_logits, inputs['source'])
+    r1 = lazy_r1(config, discriminator, d_params, image, state.step)
     total = global_mean(
       loss_config.adversarial.weight * adversarial
       + loss_config.attribute.d_weight * attribute
+      + r1
     )
     accuracy = jnp.mean((real_logits > 0) == (inputs['source'] > 0.5))
     return total, {
       'loss/D/total': total,
       'loss/D/adversarial': adversarial,
       'loss/D/attribute': attribute,
+      'loss/D/r1': r1,
       'scores/real': jnp.mean(real_score),
       'scores/fake': jnp.mean(fake_score),
       'accuracy/D/real_attributes': accuracy,
@@ -299,7 +338,7 @@ def _local_step(config, networks: Networks, state: TrainState, batch: dict):
   g_params = select_tree(g_finite, g_params, state.g_params)
   g_opt_state = select_tree(g_finite, g_opt_state, state.g_opt_state)
   g_ema_params = optax.incremental_update(
-    g_params, state.g_ema_params, 1.0 - config.optim.ema_decay
+    g_params, state.g_ema_params, 1.0 - ema_decay(config, state.step)
   )
   g_ema_params = select_tree(g_finite, g_ema_params, state.g_ema_params)
 

@@ -49,13 +49,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.attribute.d_weight = 1.0  # D: attribute loss on real images.
   config.loss.reconstruction = ml_collections.ConfigDict()
   config.loss.reconstruction.weight = 10.0  # L1 inside unflipped masks.
+  config.loss.r1 = ml_collections.ConfigDict()
+  config.loss.r1.weight = 1.0  # gamma of the R1 penalty on real images.
+  config.loss.r1.interval = 4  # Steps between R1 evaluations (lazy R1).
 
   config.optim = ml_collections.ConfigDict()
   config.optim.g_learning_rate = 2e-4
   config.optim.d_learning_rate = 2e-4
   config.optim.b1 = 0.5
   config.optim.b2 = 0.999
-  config.optim.ema_decay = 0.999  # Decay of the EMA copy of G per step.
+  config.optim.ema_decay = 0.999  # Maximum decay of the EMA of G per step.
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 20_000  # Total steps; a resumed run stops here too.
@@ -72,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.evaluate = ml_collections.ConfigDict()
   config.evaluate.num_images = 500  # Test images the evaluator edits.
-  config.evaluate.classifier_steps = 3_000  # Training steps of the judge.
+  config.evaluate.classifier_steps = 4_000  # Training steps of the judge.
   config.evaluate.batch_size = 64
 
   config.lock()

@@ -30,6 +30,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 500
   config.train.sample_every = 500
   config.evaluate.num_images = 256
-  config.evaluate.classifier_steps = 1_500
+  config.evaluate.classifier_steps = 3_000
   config.lock()
   return config
