@@ -146,6 +146,36 @@ def format_duration(seconds: float) -> str:
   return f'{hours}:{minutes:02d}:{seconds:02d}'
 
 
+def log_metrics(
+  writer, state, current, total, metric_sums, metric_count, period
+) -> None:
+  """Log one progress line and write the averaged metrics as scalars.
+
+  `period` is (steps, seconds) since the last log line. The step that
+  includes compilation is not timed, so right after it there is no rate.
+  """
+  values = {k: float(v) / metric_count for k, v in metric_sums.items()}
+  steps_done, seconds = period
+  if steps_done > 0:
+    rate = steps_done / max(seconds, 1e-9)
+    values['steps_per_second'] = rate
+    speed = (
+      f'{rate:.2f} steps/s  ETA {format_duration((total - current) / rate)}'
+    )
+  else:
+    speed = 'rate not measured yet'
+  logging.info(
+    'step %d/%d  %s  D %.3f  G %.3f  skipped %d',
+    current,
+    total,
+    speed,
+    values['loss/D/total'],
+    values['loss/G/total'],
+    int(state.nonfinite_steps),
+  )
+  writer.write(current, {f'train/{k}': v for k, v in values.items()})
+
+
 def prepare_run(config, workdir):
   """Check inputs, open the work directory and restore or create the state."""
   validate_config(config)
@@ -229,22 +259,16 @@ def train_and_evaluate(config, workdir) -> step.TrainState:
       metric_count += 1
 
       if is_time(current, config.train.log_every, total):
-        values = {k: float(v) / metric_count for k, v in metric_sums.items()}
         now = time.time()
-        rate = (current - last_log_step) / max(now - last_log_time, 1e-9)
-        values['steps_per_second'] = rate
-        eta = (total - current) / max(rate, 1e-9)
-        logging.info(
-          'step %d/%d  %.2f steps/s  ETA %s  D %.3f  G %.3f  skipped %d',
+        log_metrics(
+          writer,
+          state,
           current,
           total,
-          rate,
-          format_duration(eta),
-          values['loss/D/total'],
-          values['loss/G/total'],
-          int(state.nonfinite_steps),
+          metric_sums,
+          metric_count,
+          (current - last_log_step, now - last_log_time),
         )
-        writer.write(current, {f'train/{k}': v for k, v in values.items()})
         metric_sums, metric_count = None, 0
         last_log_time, last_log_step = now, current
         check_nonfinite(state, config, manager, workdir)
