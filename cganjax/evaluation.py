@@ -76,15 +76,17 @@ def render(seed: int, indices, size: int, overrides=None) -> dict:
 def collect(seed: int, size: int, count: int, central: bool, start: int):
   """Render examples from id `start` on, keeping `count` inside or outside
   the central pose and lighting range."""
-  kept, index = [], start
+  selected, index = [], start
   chunk = 256
-  while sum(len(k['image']) for k in kept) < count:
+  while sum(len(k['image']) for k in selected) < count:
     batch = render(seed, np.arange(index, index + chunk), size)
     keep = in_central_range(batch['pose'], batch['lighting'])
     keep = keep if central else ~keep
-    kept.append({k: v[keep] for k, v in batch.items()})
+    selected.append({k: v[keep] for k, v in batch.items()})
     index += chunk
-  return {k: np.concatenate([c[k] for c in kept])[:count] for k in kept[0]}
+  return {
+    k: np.concatenate([c[k] for c in selected])[:count] for k in selected[0]
+  }
 
 
 def judge_accuracy(judge, params, images, attributes, batch_size) -> np.ndarray:
@@ -314,8 +316,8 @@ def score_edits(config, networks, g_params, judge, judge_params, count):
       edited = edit(g_params, image, mask, target, noise)
       edited_u8 = np.asarray(samples.to_uint8(edited))
       predicted = np.asarray(judge_fn(judge_params, edited))
-      wanted = np.asarray(target[:, a]) > 0.5
-      edit_hits[a] += np.sum(predicted[:, a] == wanted)
+      expected = np.asarray(target[:, a]) > 0.5
+      edit_hits[a] += np.sum(predicted[:, a] == expected)
       edit_counts[a] += len(ids)
 
       inside = regions[:, a]
@@ -329,7 +331,7 @@ def score_edits(config, networks, g_params, judge, judge_params, count):
 
       cf_error = 0.0
       for b, index in enumerate(ids):
-        override = {name: bool(wanted[b])}
+        override = {name: bool(expected[b])}
         cf = synthetic.render(EVAL_DATA_SEED, int(index), size, override)
         error = np.abs(
           edited_u8[b].astype(np.float64) - cf['image'].astype(np.float64)

@@ -1,6 +1,6 @@
 """Loss functions, each a pure function of arrays.
 
-Every loss returns a scalar mean over the batch unless its docstring says
+Every loss returns a scalar mean over the batch unless its docstring states
 otherwise. Logit-based losses use `jax.nn.softplus` and `optax` primitives,
 so saturated logits give finite values.
 """

@@ -2,8 +2,9 @@
 
 One compiled step updates D, then G with the updated D, then the EMA copy of
 G. It runs SPMD over a 1-D device mesh with axis `data` through
-`jax.shard_map`: each device sees its slice of the global batch, gradients
-and metrics are averaged with `lax.pmean`, and the state is replicated.
+`jax.shard_map`. Each device computes on its slice of the global batch,
+losses and metrics are averaged with `lax.pmean`, and the state is
+replicated.
 Noise, masks and attribute flips come from a key per global example, so the
 device count does not change the result.
 """
@@ -244,16 +245,16 @@ def global_mean(local_loss: jax.Array) -> jax.Array:
   Differentiating this global mean with respect to the replicated
   parameters gives the global mean gradient, already the same on every
   device. NOTE: this relies on `jax.shard_map` tracking which values vary
-  across devices (`check_vma=True`, the default in JAX 0.10): the transpose
-  of the implicit broadcast of a replicated parameter is a `psum`, so taking
-  the gradient of the local loss and then a `pmean` of the gradients would
-  give the device count times the mean gradient.
+  across devices (`check_vma=True`, the default in JAX 0.10). There the
+  transpose of the implicit broadcast of a replicated parameter is a `psum`.
+  So the gradient of the local loss followed by a `pmean` of the gradients
+  would be the device count times the mean gradient.
   """
   return jax.lax.pmean(local_loss, DATA_AXIS)
 
 
 def _local_step(config, networks: Networks, state: TrainState, batch: dict):
-  """The per-device step; gradients and metrics are averaged over `data`."""
+  """Run one step on this device's slice, averaging over `data`."""
   generator, discriminator = networks.generator, networks.discriminator
   loss_config = config.loss
   local_size = batch['image'].shape[0]

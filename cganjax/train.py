@@ -112,7 +112,7 @@ def device_prefetch(batches, sharding, size: int = 2):
 
 
 def save_checkpoint(manager, state: step.TrainState, workdir) -> None:
-  """Save `state` unless it holds a non-finite parameter."""
+  """Save `state` unless it contains a non-finite parameter."""
   trees = (state.g_params, state.d_params, state.g_ema_params)
   if not bool(step.all_finite(trees)):
     raise NonFiniteError(
