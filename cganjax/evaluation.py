@@ -28,9 +28,6 @@ EVAL_DATA_SEED = 7_002
 # The judge trains on examples with |pose| and |lighting| up to this bound.
 CENTRAL_RANGE = 0.6
 JUDGE_VERSION = 2
-# Judge training images kept in memory and cycled through.
-JUDGE_POOL = 10_000
-JUDGE_TEST = 1_000
 
 
 class Judge(nn.Module):
@@ -59,6 +56,8 @@ def judge_key(config) -> str:
     'image_size': config.data.image_size,
     'steps': config.evaluate.classifier_steps,
     'batch_size': config.evaluate.batch_size,
+    'images': config.evaluate.classifier_images,
+    'test_images': config.evaluate.classifier_test_images,
   }
   digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
   name = f'{config.data.name}_{config.data.image_size}'
@@ -107,13 +106,22 @@ def train_judge(config, attributes) -> tuple[dict, dict]:
   """Train the judge; return its parameters and held-out accuracies."""
   size = config.data.image_size
   batch_size = config.evaluate.batch_size
-  logging.info('Training the judge: rendering %d images.', JUDGE_POOL)
-  pool = collect(JUDGE_DATA_SEED, size, JUDGE_POOL, central=True, start=0)
+  pool_size = config.evaluate.classifier_images
+  test_size = config.evaluate.classifier_test_images
+  if pool_size < batch_size or test_size <= 0:
+    raise InputError(
+      f'evaluate.classifier_images={pool_size} must be at least '
+      f'evaluate.batch_size={batch_size}, and '
+      f'evaluate.classifier_test_images={test_size} positive.'
+    )
+  logging.info('Training the judge: rendering %d images.', pool_size)
+  pool = collect(JUDGE_DATA_SEED, size, pool_size, central=True, start=0)
   judge = Judge(len(attributes))
   rng = jax.random.key(JUDGE_SEED)
   params = judge.init(rng, jnp.zeros((1, size, size, 3)))['params']
+  steps = config.evaluate.classifier_steps
   schedule = optax.warmup_cosine_decay_schedule(
-    0.0, 1e-3, 200, config.evaluate.classifier_steps
+    0.0, 1e-3, min(200, steps // 10), steps
   )
   optimizer = optax.adam(schedule)
   opt_state = optimizer.init(params)
@@ -129,13 +137,13 @@ def train_judge(config, attributes) -> tuple[dict, dict]:
     return optax.apply_updates(params, updates), opt_state, loss
 
   order_rng = np.random.default_rng(JUDGE_SEED)
-  order = order_rng.permutation(JUDGE_POOL)
+  order = order_rng.permutation(pool_size)
   position = 0
   started = time.time()
   steps = config.evaluate.classifier_steps
   for judge_step in range(1, steps + 1):
-    if position + batch_size > JUDGE_POOL:
-      order, position = order_rng.permutation(JUDGE_POOL), 0
+    if position + batch_size > pool_size:
+      order, position = order_rng.permutation(pool_size), 0
     picked = order[position : position + batch_size]
     position += batch_size
     params, opt_state, loss = train_step(
@@ -154,8 +162,8 @@ def train_judge(config, attributes) -> tuple[dict, dict]:
 
   # Held-out ids start past any id the pool could have used.
   start = 1 << 24
-  central = collect(JUDGE_DATA_SEED, size, JUDGE_TEST, True, start)
-  outer = collect(JUDGE_DATA_SEED, size, JUDGE_TEST, False, start)
+  central = collect(JUDGE_DATA_SEED, size, test_size, True, start)
+  outer = collect(JUDGE_DATA_SEED, size, test_size, False, start)
   accuracy = {
     'central': judge_accuracy(
       judge, params, central['image'], central['attributes'], batch_size

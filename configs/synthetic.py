@@ -44,6 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict()
   config.loss.adversarial = ml_collections.ConfigDict()
   config.loss.adversarial.weight = 1.0
+  # 'hinge', 'non_saturating' (softplus of logits) or 'least_squares'.
+  config.loss.adversarial.type = 'hinge'
   config.loss.attribute = ml_collections.ConfigDict()
   config.loss.attribute.weight = 1.0  # G: D's attribute loss on fakes.
   config.loss.attribute.d_weight = 1.0  # D: attribute loss on real images.
@@ -52,6 +54,32 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.r1 = ml_collections.ConfigDict()
   config.loss.r1.weight = 1.0  # gamma of the R1 penalty on real images.
   config.loss.r1.interval = 4  # Steps between R1 evaluations (lazy R1).
+  # Terms below are off at weight 0, which leaves them out of the compiled
+  # step. configs/ablation.py turns on the style and entropy terms.
+  config.loss.style = ml_collections.ConfigDict()
+  config.loss.style.weight = 0.0  # Gram-matrix loss, real vs edited image.
+  # Feature layers of the style and perceptual losses; () is the extractor's
+  # default (see cganjax/features.py), e.g. ('D/block1', 'D/block2').
+  config.loss.style.layers = ()
+  config.loss.style.region = 'inside'  # 'inside', 'outside' or 'all'.
+  config.loss.perceptual = ml_collections.ConfigDict()
+  # L1 between features, on examples whose mask flips nothing.
+  config.loss.perceptual.weight = 0.0
+  config.loss.perceptual.region = 'inside'  # 'inside', 'outside' or 'all'.
+  config.loss.entropy = ml_collections.ConfigDict()
+  # Entropy of D's attribute predictions on the fakes, summed over
+  # attributes, in nats.
+  config.loss.entropy.conditional_weight = 0.0
+  # Binary KL of the batch-mean prediction from the batch-mean request.
+  config.loss.entropy.marginal_weight = 0.0
+  config.loss.entropy.head = 'sigmoid'  # D has independent binary logits.
+  config.loss.tv = ml_collections.ConfigDict()
+  config.loss.tv.weight = 0.0  # Total variation inside the mask and its edge.
+  config.loss.features = ml_collections.ConfigDict()
+  # 'discriminator' (D's taps, no gradient into D), 'random' or 'vgg19'.
+  config.loss.features.extractor = 'discriminator'
+  config.loss.features.seed = 0  # Weights of the 'random' extractor.
+  config.loss.features.weights_path = ''  # .npz file of the 'vgg19' one.
 
   config.optim = ml_collections.ConfigDict()
   config.optim.g_learning_rate = 2e-4
@@ -77,6 +105,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.evaluate.num_images = 500  # Test images the evaluator edits.
   config.evaluate.classifier_steps = 4_000  # Training steps of the judge.
   config.evaluate.batch_size = 64
+  # Judge training images, inside the central pose and lighting range.
+  config.evaluate.classifier_images = 10_000
+  # Held-out judge test images, inside and outside that range each.
+  config.evaluate.classifier_test_images = 1_000
 
   config.lock()
   return config

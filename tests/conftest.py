@@ -11,9 +11,40 @@ os.environ['XLA_FLAGS'] = (
 ).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+from jax.experimental.compilation_cache import compilation_cache  # noqa: E402
 
 from configs import synthetic  # noqa: E402
+
+CACHE_OPTIONS = {
+  'jax_compilation_cache_dir': None,  # Set by the fixture below.
+  'jax_persistent_cache_min_compile_time_secs': 0.0,
+  'jax_persistent_cache_min_entry_size_bytes': 0,
+}
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache_dir(tmp_path_factory):
+  """Keep a persistent compilation cache for the whole test session.
+
+  Each training run compiles its step, so later runs with the same config,
+  in any test module, load the compiled step from this cache.
+  """
+  options = dict(CACHE_OPTIONS)
+  options['jax_compilation_cache_dir'] = str(
+    tmp_path_factory.mktemp('compilation_cache')
+  )
+  previous = {name: getattr(jax.config, name) for name in options}
+  for name, value in options.items():
+    jax.config.update(name, value)
+  # JAX decides once per process whether the cache is in use, so a reset
+  # makes it decide again with the options above.
+  compilation_cache.reset_cache()
+  yield
+  for name, value in previous.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
 
 
 def make_tiny_config():
@@ -40,6 +71,8 @@ def make_tiny_config():
   config.evaluate.num_images = 16
   config.evaluate.classifier_steps = 20
   config.evaluate.batch_size = 16
+  config.evaluate.classifier_images = 128
+  config.evaluate.classifier_test_images = 32
   return config
 
 

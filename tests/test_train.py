@@ -1,8 +1,7 @@
 """The training loop through `train.train_and_evaluate` on 8 CPU devices.
 
-Each training run here compiles the step, so the module keeps a persistent
-compilation cache in a temporary folder: later runs with the same config
-load the compiled step from it instead of compiling again.
+Later runs with the same config load the compiled step from the session's
+persistent compilation cache (see conftest.py) instead of compiling again.
 """
 
 import json
@@ -15,36 +14,10 @@ import jax
 import numpy as np
 import pytest
 from conftest import make_tiny_config
-from jax.experimental.compilation_cache import compilation_cache
 
 from cganjax import checkpoint, step, train
 from cganjax.data import pipeline
 from cganjax.errors import InputError
-
-CACHE_OPTIONS = {
-  'jax_compilation_cache_dir': None,  # Set by the fixture below.
-  'jax_persistent_cache_min_compile_time_secs': 0.0,
-  'jax_persistent_cache_min_entry_size_bytes': 0,
-}
-
-
-@pytest.fixture(scope='module', autouse=True)
-def compilation_cache_dir(tmp_path_factory):
-  """Turn on the persistent compilation cache for this module only."""
-  options = dict(CACHE_OPTIONS)
-  options['jax_compilation_cache_dir'] = str(
-    tmp_path_factory.mktemp('compilation_cache')
-  )
-  previous = {name: getattr(jax.config, name) for name in options}
-  for name, value in options.items():
-    jax.config.update(name, value)
-  # JAX decides once per process whether the cache is in use, so a reset
-  # makes it decide again with the options above.
-  compilation_cache.reset_cache()
-  yield
-  for name, value in previous.items():
-    jax.config.update(name, value)
-  compilation_cache.reset_cache()
 
 
 def tiny_run_config(**train_overrides):
