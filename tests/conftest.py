@@ -5,6 +5,7 @@ flag is set here, before any test imports JAX.
 """
 
 import os
+from pathlib import Path
 
 os.environ['XLA_FLAGS'] = (
   os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
@@ -79,3 +80,21 @@ def make_tiny_config():
 @pytest.fixture
 def tiny_config():
   return make_tiny_config()
+
+
+def saved_steps(workdir) -> list[int]:
+  """Return the checkpoint steps saved in a work directory, in order."""
+  folder = Path(workdir) / 'checkpoints'
+  if not folder.is_dir():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def file_contents(folder) -> dict[str, bytes]:
+  """Map each file below `folder` (relative path) to its bytes."""
+  folder = Path(folder)
+  return {
+    str(p.relative_to(folder)): p.read_bytes()
+    for p in sorted(folder.rglob('*'))
+    if p.is_file()
+  }

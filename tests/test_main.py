@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import file_contents, saved_steps
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = 'configs/synthetic_demo.py'
@@ -76,22 +77,6 @@ def assert_only_error_line(result: subprocess.CompletedProcess) -> str:
   last = error_line(result)
   assert len(result.stderr.strip().splitlines()) == 1, result.stderr
   return last
-
-
-def saved_steps(workdir) -> list[int]:
-  folder = Path(workdir) / 'checkpoints'
-  if not folder.is_dir():
-    return []
-  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-
-
-def file_contents(folder) -> dict[str, bytes]:
-  folder = Path(folder)
-  return {
-    str(p.relative_to(folder)): p.read_bytes()
-    for p in sorted(folder.rglob('*'))
-    if p.is_file()
-  }
 
 
 def test_help_lists_flags():

@@ -8,12 +8,11 @@ import json
 import math
 import re
 import shutil
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from conftest import make_tiny_config
+from conftest import file_contents, make_tiny_config, saved_steps
 
 from cganjax import checkpoint, step, train
 from cganjax.data import pipeline
@@ -66,22 +65,6 @@ def restore(workdir, config, step_number=None):
     return checkpoint.restore_state(manager, step_number, target, workdir)
   finally:
     manager.close()
-
-
-def saved_steps(workdir) -> list[int]:
-  folder = Path(workdir) / checkpoint.CHECKPOINT_DIR
-  if not folder.is_dir():
-    return []
-  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-
-
-def file_contents(folder) -> dict[str, bytes]:
-  folder = Path(folder)
-  return {
-    str(p.relative_to(folder)): p.read_bytes()
-    for p in sorted(folder.rglob('*'))
-    if p.is_file()
-  }
 
 
 def all_finite(tree) -> bool:
