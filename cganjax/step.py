@@ -21,7 +21,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cganjax import losses, masks, models
+from cganjax import features, losses, masks, models
 from cganjax.data import parts
 from cganjax.errors import InputError
 
@@ -253,8 +253,159 @@ def global_mean(local_loss: jax.Array) -> jax.Array:
   return jax.lax.pmean(local_loss, DATA_AXIS)
 
 
-def _local_step(config, networks: Networks, state: TrainState, batch: dict):
-  """Run one step on this device's slice, averaging over `data`."""
+REGIONS = ('inside', 'outside', 'all')
+ENTROPY_HEADS = ('sigmoid',)
+
+
+def validate_loss_config(config) -> None:
+  """Raise a one-line InputError for loss settings the step cannot use."""
+  loss_config = config.loss
+  adversarial_type = loss_config.adversarial.type
+  if adversarial_type not in losses.ADVERSARIAL_LOSSES:
+    raise InputError(
+      f'loss.adversarial.type={adversarial_type!r} is not supported; use one '
+      f'of {", ".join(losses.ADVERSARIAL_LOSSES)}.'
+    )
+  for key in (
+    'style.weight',
+    'perceptual.weight',
+    'entropy.conditional_weight',
+    'entropy.marginal_weight',
+    'tv.weight',
+  ):
+    section, name = key.split('.')
+    weight = loss_config[section][name]
+    if not weight >= 0:
+      raise InputError(
+        f'loss.{key}={weight} is invalid; use a weight >= 0 (0 turns the '
+        'term off).'
+      )
+  for section in ('style', 'perceptual'):
+    region = loss_config[section].region
+    if region not in REGIONS:
+      raise InputError(
+        f'loss.{section}.region={region!r} is not supported; use one of '
+        f'{", ".join(REGIONS)}.'
+      )
+  head = loss_config.entropy.head
+  if head not in ENTROPY_HEADS:
+    raise InputError(
+      f"loss.entropy.head={head!r} is not supported: the discriminator's "
+      "attribute logits are independent binary logits, so use 'sigmoid'."
+    )
+  extractor = loss_config.features.extractor
+  if extractor not in features.EXTRACTORS:
+    raise InputError(
+      f'loss.features.extractor={extractor!r} is not supported; use one of '
+      f'{", ".join(features.EXTRACTORS)}.'
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSetup:
+  """The feature extractor of the style and perceptual losses and its layers."""
+
+  extractor: features.FeatureExtractor
+  layers: tuple[str, ...]
+
+  def extract(self, feature_params, d_params, images) -> list[jax.Array]:
+    """Features of `images`; D's parameters serve the D extractor."""
+    params = d_params if self.extractor.params is None else feature_params
+    return self.extractor(params, images, self.layers)
+
+
+def create_feature_setup(config, networks: Networks) -> FeatureSetup | None:
+  """Build the extractor when a feature loss is on, else return None.
+
+  The VGG-19 weights file is read here, so a missing or malformed file
+  fails before the first step.
+  """
+  loss_config = config.loss
+  if loss_config.style.weight <= 0 and loss_config.perceptual.weight <= 0:
+    return None
+  extractor = features.create_extractor(
+    loss_config.features, networks.discriminator
+  )
+  return FeatureSetup(
+    extractor=extractor,
+    layers=extractor.select_layers(loss_config.style.layers),
+  )
+
+
+def region_mask(region: str, mask: jax.Array) -> jax.Array | None:
+  """Return the mask of a feature loss: `mask`, its complement or None."""
+  if region == 'inside':
+    return mask
+  if region == 'outside':
+    return 1.0 - mask
+  return None
+
+
+def feature_terms(config, real_features, fake_features, inputs) -> dict:
+  """Weighted style and perceptual terms of G, as {name: (weight, value)}.
+
+  Style compares every example, edits included: an edit should keep the
+  texture statistics of the face. Perceptual compares only examples whose
+  mask flips nothing, like the L1 reconstruction, because features of an
+  edited region should differ from the original's.
+  """
+  loss_config = config.loss
+  mask = inputs['mask']
+  terms = {}
+  if loss_config.style.weight > 0:
+    style = losses.style_loss(
+      real_features,
+      fake_features,
+      region_mask(loss_config.style.region, mask),
+    )
+    terms['style'] = (loss_config.style.weight, style)
+  if loss_config.perceptual.weight > 0:
+    perceptual = losses.perceptual_loss(
+      real_features,
+      fake_features,
+      region_mask(loss_config.perceptual.region, mask),
+      inputs['reconstruct'],
+    )
+    terms['perceptual'] = (loss_config.perceptual.weight, perceptual)
+  return terms
+
+
+def entropy_terms(config, logits, targets) -> dict:
+  """Weighted entropy terms of G on D's attribute logits for the fakes.
+
+  The marginal term compares batch means, so it gathers the logits and
+  targets of the whole global batch: its value, and hence the step, then
+  does not depend on the device count.
+  """
+  entropy_config = config.loss.entropy
+  terms = {}
+  if entropy_config.conditional_weight > 0:
+    conditional = losses.sigmoid_conditional_entropy(logits)
+    terms['conditional_entropy'] = (
+      entropy_config.conditional_weight,
+      conditional,
+    )
+  if entropy_config.marginal_weight > 0:
+    all_logits = jax.lax.all_gather(logits, DATA_AXIS, tiled=True)
+    all_targets = jax.lax.all_gather(targets, DATA_AXIS, tiled=True)
+    marginal = losses.sigmoid_marginal_kl(all_logits, all_targets)
+    terms['marginal_kl'] = (entropy_config.marginal_weight, marginal)
+  return terms
+
+
+def _local_step(
+  config,
+  networks: Networks,
+  feature_setup: FeatureSetup | None,
+  feature_params,
+  state: TrainState,
+  batch: dict,
+):
+  """Run one step on this device's slice, averaging over `data`.
+
+  `feature_setup` is None when the style and perceptual losses are off.
+  `feature_params` are the fixed extractor's weights, or an empty dict.
+  """
   generator, discriminator = networks.generator, networks.discriminator
   loss_config = config.loss
   local_size = batch['image'].shape[0]
@@ -273,10 +424,14 @@ def _local_step(config, networks: Networks, state: TrainState, batch: dict):
   _, fake = generate(state.g_params)
   fake = jax.lax.stop_gradient(fake)
 
+  d_adversarial_loss, g_adversarial_loss = losses.ADVERSARIAL_LOSSES[
+    loss_config.adversarial.type
+  ]
+
   def d_loss_fn(d_params):
     real_score, real_logits = discriminator.apply({'params': d_params}, image)
     fake_score, _ = discriminator.apply({'params': d_params}, fake)
-    adversarial = losses.hinge_d_loss(real_score, fake_score)
+    adversarial = d_adversarial_loss(real_score, fake_score)
     attribute = losses.attribute_loss(real_logits, inputs['source'])
     r1 = lazy_r1(config, discriminator, d_params, image, state.step)
     total = global_mean(
@@ -306,27 +461,39 @@ def _local_step(config, networks: Networks, state: TrainState, batch: dict):
   d_params = select_tree(d_finite, d_params, state.d_params)
   d_opt_state = select_tree(d_finite, d_opt_state, state.d_opt_state)
 
+  if feature_setup is not None:
+    # Features of the real images do not depend on G, so they are computed
+    # once, with the updated D that G's losses also use.
+    real_features = jax.lax.stop_gradient(
+      feature_setup.extract(feature_params, d_params, image)
+    )
+
   def g_loss_fn(g_params):
     raw, composed = generate(g_params)
     score, logits = discriminator.apply({'params': d_params}, composed)
-    adversarial = losses.hinge_g_loss(score)
+    adversarial = g_adversarial_loss(score)
     attribute = losses.attribute_loss(logits, inputs['target'])
     reconstruction = losses.masked_l1_loss(
       raw, image, mask, inputs['reconstruct']
     )
-    total = global_mean(
-      loss_config.adversarial.weight * adversarial
-      + loss_config.attribute.weight * attribute
-      + loss_config.reconstruction.weight * reconstruction
-    )
-    accuracy = jnp.mean((logits > 0) == (inputs['target'] > 0.5))
-    return total, {
-      'loss/G/total': total,
-      'loss/G/adversarial': adversarial,
-      'loss/G/attribute': attribute,
-      'loss/G/reconstruction': reconstruction,
-      'accuracy/D/fake_targets': accuracy,
+    terms = {
+      'adversarial': (loss_config.adversarial.weight, adversarial),
+      'attribute': (loss_config.attribute.weight, attribute),
+      'reconstruction': (loss_config.reconstruction.weight, reconstruction),
     }
+    if feature_setup is not None:
+      fake_features = feature_setup.extract(feature_params, d_params, composed)
+      terms.update(feature_terms(config, real_features, fake_features, inputs))
+    terms.update(entropy_terms(config, logits, inputs['target']))
+    if loss_config.tv.weight > 0:
+      tv = losses.masked_total_variation(composed, mask)
+      terms['tv'] = (loss_config.tv.weight, tv)
+    total = global_mean(sum(weight * value for weight, value in terms.values()))
+    accuracy = jnp.mean((logits > 0) == (inputs['target'] > 0.5))
+    g_metrics = {'loss/G/total': total, 'accuracy/D/fake_targets': accuracy}
+    for name, (_, value) in terms.items():
+      g_metrics[f'loss/G/{name}'] = value
+    return total, g_metrics
 
   (g_loss, g_metrics), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
     state.g_params
@@ -367,14 +534,26 @@ def make_train_step(config, networks: Networks, mesh: Mesh):
 
   The state must be replicated over `mesh` and the batch sharded along its
   first axis with `batch_sharding(mesh)`. The input state is donated.
+  Raises InputError at once for invalid loss settings and, when a feature
+  loss uses VGG-19, for a missing or malformed weights file. The rest of the
+  config is read when the step is traced, at its first call.
   """
+  validate_loss_config(config)
+  feature_setup = create_feature_setup(config, networks)
+  feature_params = {}
+  if feature_setup is not None and feature_setup.extractor.params is not None:
+    feature_params = feature_setup.extractor.params
+  feature_params = jax.device_put(feature_params, replicated(mesh))
   sharded = jax.shard_map(
-    functools.partial(_local_step, config, networks),
+    functools.partial(_local_step, config, networks, feature_setup),
     mesh=mesh,
-    in_specs=(P(), P(DATA_AXIS)),
+    in_specs=(P(), P(), P(DATA_AXIS)),
     out_specs=(P(), P()),
   )
-  return jax.jit(sharded, donate_argnums=(0,))
+  # The extractor's weights are an argument, not a constant of the compiled
+  # program: VGG-19's would add about 80 MB to it.
+  compiled = jax.jit(sharded, donate_argnums=(1,))
+  return functools.partial(compiled, feature_params)
 
 
 def check_batch_size(batch_size: int, device_count: int) -> None:

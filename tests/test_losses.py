@@ -2,11 +2,15 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from test_step import ATTRIBUTES, max_difference, random_batch, run_steps
 
-from cganjax import losses
+from cganjax import losses, step
+from cganjax.errors import InputError
 
 
 def test_hinge_d_loss_hand_worked():
@@ -486,3 +490,145 @@ def test_masked_total_variation_channels_and_batch():
   # (3 * 3 * 2) / (3 channels * 4 pairs) = 1.5. Example 1 is flat: 0.
   value = float(losses.masked_total_variation(image, mask))
   assert value == 0.75
+
+
+# The loss terms inside the training step.
+
+NEW_TERMS = (
+  'style',
+  'perceptual',
+  'conditional_entropy',
+  'marginal_kl',
+  'tv',
+)
+
+
+def turn_on_every_term(config):
+  config.loss.adversarial.type = 'non_saturating'
+  config.loss.style.weight = 1.0
+  config.loss.style.region = 'all'
+  config.loss.perceptual.weight = 1.0
+  config.loss.entropy.conditional_weight = 0.1
+  config.loss.entropy.marginal_weight = 0.1
+  config.loss.tv.weight = 0.1
+  return config
+
+
+def traced_metrics(config, devices):
+  """Metric shapes of one step, traced but not compiled."""
+  networks = step.create_networks(config, ATTRIBUTES)
+  mesh = step.create_mesh(devices)
+  state = step.create_train_state(config, networks)
+  train_step = step.make_train_step(config, networks, mesh)
+  batch = random_batch()
+  _, metrics = jax.eval_shape(train_step, state, batch)
+  return metrics
+
+
+def test_step_with_every_term_compiles_once(tiny_config, monkeypatch):
+  config = turn_on_every_term(tiny_config)
+  batches = [random_batch(seed=0), random_batch(seed=1)]
+  initial = step.create_train_state(
+    config, step.create_networks(config, ATTRIBUTES)
+  )
+  states = []
+  local_step = step._local_step
+  for devices in (jax.devices()[:1], jax.devices()):
+    # Raises if the step is traced, hence compiled, more than once.
+    chex.clear_trace_counter()
+    counted = chex.assert_max_traces(local_step, n=1)
+    monkeypatch.setattr(step, '_local_step', counted)
+    state, metrics = run_steps(config, devices, batches)
+    states.append(state)
+    for name in NEW_TERMS:
+      values = [float(m[f'loss/G/{name}']) for m in metrics]
+      assert np.all(np.isfinite(values)), (name, values)
+    assert int(state.nonfinite_steps) == 0
+
+  one, eight = states
+  for name in ('g_params', 'd_params'):
+    difference = max_difference(getattr(one, name), getattr(eight, name))
+    moved = max_difference(getattr(one, name), getattr(initial, name))
+    assert difference < 1e-5, (name, difference)
+    assert moved > 20 * 1e-5, (name, moved)
+
+
+def test_zero_weights_leave_terms_out(tiny_config):
+  metrics = traced_metrics(tiny_config, jax.devices()[:1])
+  for name in NEW_TERMS:
+    assert f'loss/G/{name}' not in metrics
+  assert 'loss/G/adversarial' in metrics
+
+
+def test_step_traces_other_choices(tiny_config):
+  tiny_config.loss.adversarial.type = 'least_squares'
+  tiny_config.loss.style.weight = 1.0
+  tiny_config.loss.style.region = 'outside'
+  tiny_config.loss.style.layers = ('relu1_1', 'relu3_1')
+  tiny_config.loss.features.extractor = 'random'
+  metrics = traced_metrics(tiny_config, jax.devices()[:2])
+  assert 'loss/G/style' in metrics
+  assert 'loss/G/perceptual' not in metrics
+
+
+@pytest.mark.parametrize(
+  'key, value, expected',
+  [
+    ('adversarial.type', 'wasserstein', "loss.adversarial.type='wasserstein'"),
+    ('features.extractor', 'vgg16', "loss.features.extractor='vgg16'"),
+    ('style.region', 'edge', "loss.style.region='edge'"),
+    ('perceptual.region', 'inner', "loss.perceptual.region='inner'"),
+    ('entropy.head', 'softmax', "loss.entropy.head='softmax'"),
+    ('style.weight', -1.0, 'loss.style.weight=-1.0'),
+    ('tv.weight', float('nan'), 'loss.tv.weight=nan'),
+  ],
+)
+def test_loss_config_errors(tiny_config, key, value, expected):
+  section, name = key.split('.')
+  tiny_config.loss[section][name] = value
+  with pytest.raises(InputError) as error:
+    step.validate_loss_config(tiny_config)
+  message = str(error.value)
+  assert expected in message
+  assert '\n' not in message
+
+
+def test_unknown_style_layer_error(tiny_config):
+  tiny_config.loss.style.weight = 1.0
+  tiny_config.loss.style.layers = ('D/block9',)
+  networks = step.create_networks(tiny_config, ATTRIBUTES)
+  with pytest.raises(InputError, match="'D/block9'.*D/block1, D/block2"):
+    step.create_feature_setup(tiny_config, networks)
+
+
+def test_feature_setup_only_when_needed(tiny_config):
+  networks = step.create_networks(tiny_config, ATTRIBUTES)
+  # The VGG file is not read while no feature loss is on.
+  tiny_config.loss.features.extractor = 'vgg19'
+  assert step.create_feature_setup(tiny_config, networks) is None
+  tiny_config.loss.perceptual.weight = 1.0
+  with pytest.raises(InputError, match='weights_path'):
+    step.create_feature_setup(tiny_config, networks)
+  tiny_config.loss.features.extractor = 'discriminator'
+  setup = step.create_feature_setup(tiny_config, networks)
+  assert setup.layers == ('D/block1', 'D/block2', 'D/block3')
+
+
+def test_ablation_variants_switch_terms():
+  from configs import ablation
+
+  expected = {
+    'baseline': (0.0, 0.0),
+    'style': (ablation.STYLE_WEIGHT, 0.0),
+    'entropy': (0.0, ablation.CONDITIONAL_ENTROPY_WEIGHT),
+    'both': (ablation.STYLE_WEIGHT, ablation.CONDITIONAL_ENTROPY_WEIGHT),
+  }
+  for variant, (style, conditional) in expected.items():
+    config = ablation.get_config(variant)
+    assert config.loss.style.weight == style, variant
+    assert config.loss.entropy.conditional_weight == conditional, variant
+    marginal = ablation.MARGINAL_KL_WEIGHT if conditional else 0.0
+    assert config.loss.entropy.marginal_weight == marginal, variant
+    step.validate_loss_config(config)
+  with pytest.raises(ValueError, match='unknown ablation variant'):
+    ablation.get_config('neither')
