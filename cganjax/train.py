@@ -87,6 +87,7 @@ def validate_config(config) -> None:
       f'{config.masks.whole_prob + config.masks.part_prob}.'
     )
   step.check_batch_size(config.train.batch_size, jax.device_count())
+  step.validate_loss_config(config)
   if config.sample.num_images <= 0:
     raise InputError(
       f'sample.num_images={config.sample.num_images} must be positive.'

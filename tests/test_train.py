@@ -250,3 +250,12 @@ def test_other_model_shape_rejected(tmp_path, monkeypatch):
   restored_step, restored = restore(tmp_path, config)
   assert restored_step == 2
   assert_trees_identical(first, restored)
+
+
+def test_bad_loss_setting_rejected_before_writing(tmp_path):
+  config = tiny_run_config()
+  config.loss.adversarial.type = 'wasserstein'
+  workdir = tmp_path / 'run'
+  with pytest.raises(InputError, match='loss.adversarial.type'):
+    train.train_and_evaluate(config, workdir)
+  assert not workdir.exists()
