@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from cganjax import checkpoint, losses, masks, samples, step
+from cganjax import checkpoint, losses, masks, restore, samples, step
 from cganjax.data import pipeline, synthetic
 from cganjax.errors import InputError
 
@@ -214,23 +214,14 @@ def load_or_train_judge(config, attributes, classifier_dir) -> tuple:
 
 def restore_generator(workdir, step_number):
   """Restore the run's config, attributes, networks, step and EMA of G."""
-  record = checkpoint.load_run_record(workdir)
-  config = record['config']
-  attributes = tuple(record['attributes'])
-  networks = step.create_networks(config, attributes)
-  device = jax.devices()[0]
-  abstract = jax.eval_shape(lambda: step.create_train_state(config, networks))
-  sharding = jax.sharding.SingleDeviceSharding(device)
-  target = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-    abstract,
+  run = restore.restore_run(workdir, step_number)
+  return (
+    run.config,
+    run.attributes,
+    run.networks,
+    run.step,
+    run.state.g_ema_params,
   )
-  manager = checkpoint.checkpoint_manager(workdir, async_save=False)
-  restored_step, state = checkpoint.restore_state(
-    manager, step_number, target, workdir
-  )
-  manager.close()
-  return config, attributes, networks, restored_step, state.g_ema_params
 
 
 def evaluate_run(
