@@ -177,6 +177,29 @@ def log_metrics(
   writer.write(current, {f'train/{k}': v for k, v in values.items()})
 
 
+def dump_sample_maps(config, manager, workdir, current: int) -> None:
+  """Dump Grad-CAM maps of the sample images from the checkpoint of a step.
+
+  The maps folder is `WORKDIR/maps/step_<step>`, with all attribute targets
+  on the first `sample.num_images` test images, the rows of the sample grid.
+  """
+  if jax.process_count() > 1:
+    logging.warning('Skipping the maps dump: it runs in one process only.')
+    return
+  from cganjax import maps_dump  # Only runs that dump maps need it.
+
+  manager.wait_until_finished()
+  out = Path(workdir) / 'maps' / f'step_{current:07d}'
+  maps_dump.dump_maps(
+    workdir,
+    out,
+    step_number=current,
+    num_images=config.sample.num_images,
+    overlay_images=min(config.sample.num_images, 4),
+  )
+  logging.info('Wrote the activation maps of step %d to %s.', current, out)
+
+
 def prepare_run(config, workdir):
   """Check inputs, open the work directory and restore or create the state."""
   validate_config(config)
@@ -278,10 +301,15 @@ def train_and_evaluate(config, workdir) -> step.TrainState:
         grid = np.asarray(grid_fn(state.g_ema_params, sample_batch))
         samples.save_grid(grid, workdir / 'samples' / f'step_{current:07d}.png')
 
-      if is_time(current, config.train.checkpoint_every, total):
+      maps_due = config.train.maps_every > 0 and is_time(
+        current, config.train.maps_every, total
+      )
+      if maps_due or is_time(current, config.train.checkpoint_every, total):
         check_nonfinite(state, config, manager, workdir)
         save_checkpoint(manager, state, workdir)
         logging.info('Saving the checkpoint of step %d.', current)
+      if maps_due:
+        dump_sample_maps(config, manager, workdir, current)
   finally:
     manager.wait_until_finished()
     writer.close()

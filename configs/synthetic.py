@@ -94,6 +94,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 100  # Steps between log lines and scalars.
   config.train.checkpoint_every = 1_000
   config.train.sample_every = 1_000  # Steps between sample grids; 0 turns off.
+  # Steps between activation-map dumps of the sample images into
+  # WORKDIR/maps/step_<step>; 0 turns them off.
+  config.train.maps_every = 0
   config.train.keep_checkpoints = 3  # Newest checkpoints kept on disk.
   # Consecutive skipped (non-finite) steps after which training stops.
   config.train.max_nonfinite_steps = 100

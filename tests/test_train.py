@@ -259,3 +259,24 @@ def test_bad_loss_setting_rejected_before_writing(tmp_path):
   with pytest.raises(InputError, match='loss.adversarial.type'):
     train.train_and_evaluate(config, workdir)
   assert not workdir.exists()
+
+
+def test_maps_every_dumps_sample_maps(tmp_path):
+  from cganjax import maps_folder
+
+  config = tiny_run_config(steps=2, maps_every=2, checkpoint_every=0)
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(config, workdir)
+
+  folder = workdir / 'maps' / 'step_0000002'
+  loaded = maps_folder.load(folder)
+  index = json.loads((folder / 'index.json').read_text())
+  assert index['checkpoint_step'] == 2
+  assert saved_steps(workdir) == [2]
+  expected = next(
+    pipeline.test_batches(
+      config, config.sample.num_images, config.sample.num_images
+    )
+  )
+  np.testing.assert_array_equal(loaded.images, expected['image'])
+  assert any(layer.startswith('D/') for layer in loaded.layers)
