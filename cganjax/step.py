@@ -203,6 +203,22 @@ def select_tree(condition: jax.Array, when_true, when_false):
   )
 
 
+def guarded_update(loss_fn, optimizer, params, opt_state):
+  """Apply one optimizer update unless it would not be finite.
+
+  `loss_fn(params)` returns `(loss, metrics)`. When the loss, a gradient or
+  an updated parameter is not finite, the parameters and the optimizer
+  state are returned unchanged. Returns (params, opt_state, finite, metrics).
+  """
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  updates, new_opt_state = optimizer.update(grads, opt_state, params)
+  new_params = optax.apply_updates(params, updates)
+  finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(new_params)
+  new_params = select_tree(finite, new_params, params)
+  new_opt_state = select_tree(finite, new_opt_state, opt_state)
+  return new_params, new_opt_state, finite, metrics
+
+
 def ema_decay(config, step_number: jax.Array) -> jax.Array:
   """EMA decay at a step: (1 + t) / (10 + t), capped at optim.ema_decay.
 
@@ -450,16 +466,9 @@ def _local_step(
       'accuracy/D/real_attributes': accuracy,
     }
 
-  (d_loss, d_metrics), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
-    state.d_params
+  d_params, d_opt_state, d_finite, d_metrics = guarded_update(
+    d_loss_fn, networks.d_optimizer, state.d_params, state.d_opt_state
   )
-  d_updates, d_opt_state = networks.d_optimizer.update(
-    d_grads, state.d_opt_state, state.d_params
-  )
-  d_params = optax.apply_updates(state.d_params, d_updates)
-  d_finite = jnp.isfinite(d_loss) & all_finite(d_grads) & all_finite(d_params)
-  d_params = select_tree(d_finite, d_params, state.d_params)
-  d_opt_state = select_tree(d_finite, d_opt_state, state.d_opt_state)
 
   if feature_setup is not None:
     # Features of the real images do not depend on G, so they are computed
@@ -495,16 +504,9 @@ def _local_step(
       g_metrics[f'loss/G/{name}'] = value
     return total, g_metrics
 
-  (g_loss, g_metrics), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
-    state.g_params
+  g_params, g_opt_state, g_finite, g_metrics = guarded_update(
+    g_loss_fn, networks.g_optimizer, state.g_params, state.g_opt_state
   )
-  g_updates, g_opt_state = networks.g_optimizer.update(
-    g_grads, state.g_opt_state, state.g_params
-  )
-  g_params = optax.apply_updates(state.g_params, g_updates)
-  g_finite = jnp.isfinite(g_loss) & all_finite(g_grads) & all_finite(g_params)
-  g_params = select_tree(g_finite, g_params, state.g_params)
-  g_opt_state = select_tree(g_finite, g_opt_state, state.g_opt_state)
   g_ema_params = optax.incremental_update(
     g_params, state.g_ema_params, 1.0 - ema_decay(config, state.step)
   )
