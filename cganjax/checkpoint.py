@@ -1,6 +1,6 @@
 """The run record and Orbax checkpoints of a work directory.
 
-A work directory holds `run.json` (the run record: full config, attribute
+A work directory contains `run.json` (the run record: full config, attribute
 names, package versions, git commit, device and process counts) and
 `checkpoints/<step>/` written by an Orbax CheckpointManager. Tools that only
 restore a model (evaluate, explain, edit) use `load_run_record` and
@@ -133,8 +133,8 @@ def check_same_model(record: dict, config, workdir) -> None:
   for key, before, now in checks:
     if before != now:
       raise WorkdirError(
-        f'{workdir} holds a checkpoint trained with {key}={before!r}, but '
-        f'the config asks for {now!r}; use a new --workdir or set '
+        f'{workdir} contains a checkpoint trained with {key}={before!r}, but '
+        f'the config requests {now!r}; use a new --workdir or set '
         f'--config.{key}={before!r}.'
       )
 

@@ -34,7 +34,7 @@ def attribute_loss(
 
   L = mean_b sum_a w_b * [-t log sigmoid(l) - (1 - t) log(1 - sigmoid(l))],
   summed over attributes as in StarGAN and averaged over the batch. Targets
-  are clipped to [0, 1], so an edit strength above 1 asks for a confident
+  are clipped to [0, 1], so an edit strength above 1 requests a confident
   "present". `weights` (shape [B]) scales each example; None weighs all by 1.
   """
   targets = jnp.clip(targets, 0.0, 1.0)

@@ -29,7 +29,7 @@ _WORKDIR = flags.DEFINE_string(
   'workdir',
   None,
   'Directory for checkpoints, logs and samples; created if missing, resumed '
-  'if it already holds a checkpoint.',
+  'if it already contains a checkpoint.',
 )
 flags.mark_flags_as_required(['config', 'workdir'])
 

@@ -81,7 +81,7 @@ class Generator(_Tapped):
   """Masked conditional generator.
 
   G(image with the mask region blanked, mask, target attributes, noise) ->
-  image. The encoder sees only the unmasked context, the bottleneck and the
+  image. The encoder receives only the unmasked context, the bottleneck and the
   decoder are conditioned on the target attributes and the noise, and skip
   connections carry the context to every decoder level. The caller composites
   the output with `composite`; a mask of ones makes G draw a face from noise
