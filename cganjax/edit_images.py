@@ -6,7 +6,7 @@ Conventions shared by the editing tool:
     samples keep their high byte (value // 256), which is also what Pillow
     does when it opens a 16-bit RGB PNG. An alpha channel (RGBA, LA, PA,
     or a palette or colour key with transparency) is kept as 8-bit alpha.
-  * Geometry: the model sees the centred square crop of side min(H, W),
+  * Geometry: the model input is the centred square crop of side min(H, W),
     resized to the model size with Lanczos, as `maps_dump.read_image` does
     for image folders. The edit is mapped back by resizing G's output to
     the crop side (Lanczos on float values, clipped to [0, 255]) and placing
@@ -193,7 +193,7 @@ def map_back(generated: np.ndarray, rgb: np.ndarray, box: CropBox):
 
 
 def clip_to_box(mask: np.ndarray, box: CropBox) -> np.ndarray:
-  """Clear the mask outside the crop box, where the model sees nothing."""
+  """Clear the mask outside the crop box, which the model input lacks."""
   inside = np.zeros_like(mask)
   inside[box.slices] = mask[box.slices]
   return inside
@@ -204,7 +204,8 @@ def feather_weights(mask: np.ndarray, width: float) -> np.ndarray:
 
   Width 0 gives the hard mask as 0.0 and 1.0. The distance is 0 outside
   the mask, so the weight there is exactly 0. Image borders are not mask
-  edges (the distance transform sees no outside pixel beyond them).
+  edges, because the distance transform finds no outside pixel beyond
+  them.
   """
   mask = np.asarray(mask, bool)
   if width <= 0:
@@ -264,7 +265,7 @@ def scale_to(mask: np.ndarray, size: tuple[int, int], path) -> np.ndarray:
   """Scale an annotation mask to `size` by nearest neighbour.
 
   CelebAMask-HQ annotates its 1024x1024 images at 512x512, so an annotation
-  of another size with the same aspect ratio is scaled; any other shape is
+  of another size with the same aspect ratio is scaled. Any other shape is
   an error.
   """
   if mask.shape == tuple(size):

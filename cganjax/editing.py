@@ -19,7 +19,7 @@ unlabelled photo is D's prediction on the model input (probability > 0.5
 gives 1). An attribute of a mutually exclusive group (the hair colours)
 set above 0.5 turns the unnamed members of its group off, as training does.
 A value other than 0 or 1 sets the strength: G receives 2 * value - 1 per
-attribute, so 1.5 asks for more than a training target did.
+attribute, so 1.5 requests more than a training target did.
 """
 
 import dataclasses
@@ -51,7 +51,7 @@ PREDICTION_THRESHOLD = 0.5
 
 @dataclasses.dataclass(frozen=True)
 class MaskSpec:
-  """Where the mask comes from: `kind` is parts, file, folder or map."""
+  """Source of a mask: `kind` is parts, file, folder or map."""
 
   kind: str
   text: str
@@ -112,11 +112,13 @@ def _parse_map(text, attributes, config, d_taps) -> MaskSpec:
     method = fields[1]
   if len(fields) > 2 and fields[2]:
     layer = fields[2]
+
   usage = 'use map:ATTR@T[:METHOD[:LAYER]], e.g. map:Smiling@0.5'
   if '@' not in target:
     raise InputError(f'--mask={text} has no threshold; {usage}.')
   attribute, threshold_text = target.rsplit('@', 1)
   check_attributes([attribute], attributes, f'--mask={text}')
+
   try:
     threshold = float(threshold_text)
   except ValueError:
@@ -291,7 +293,7 @@ class Editor:
     return np.asarray(jax.random.normal(key, (self.generator.noise_dim,)))
 
   def generate(self, images, masks, targets, noise) -> np.ndarray:
-    """G's raw output [B, S, S, 3] in [-1, 1], before compositing.
+    """Run G and return its raw output [B, S, S, 3] in [-1, 1].
 
     `images` uint8 [B, S, S, 3], `masks` bool [B, S, S], `targets` [B, A],
     `noise` [B, Z].
@@ -306,7 +308,7 @@ class Editor:
     return np.asarray(raw)
 
   def activation_map(self, image, attribute: str, method, layer, side: int):
-    """D's map of an attribute logit on a uint8 model input [S, S, 3].
+    """Compute D's map of an attribute logit on a uint8 input [S, S, 3].
 
     Returns the map [side, side] in [0, 1], upsampled with half-pixel
     centres and divided by its maximum (all zero when the maximum is 0).
@@ -532,7 +534,7 @@ def _by_name(attributes, values) -> dict:
 
 
 def _mean_change(reference, output, mask) -> dict:
-  """Mean absolute change per channel (0 to 255) inside and outside."""
+  """Compute the mean absolute change (0 to 255) inside and outside."""
   change = np.abs(output.astype(np.float64) - reference.astype(np.float64))
   inside = change[mask]
   outside = change[~mask]
@@ -557,7 +559,7 @@ def _paired_file(folder: Path, image_path: Path) -> Path:
 
 
 def list_images(image) -> list[Path]:
-  """The image file, or the PNG and JPEG files of a folder sorted by name."""
+  """List the image file, or the PNG and JPEG files of a folder by name."""
   path = Path(image)
   if path.is_file():
     return [path]

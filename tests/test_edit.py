@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import random_params
@@ -262,7 +263,8 @@ def test_feather_blends_only_inside_band(editor, tmp_path):
   weights = brute_force_weights(mask, 4.0)
   band = (weights > 0) & (weights < 1)
   core = weights == 1
-  assert band.any() and core.any()
+  assert band.any()
+  assert core.any()
   np.testing.assert_array_equal(soft[~mask], rgb[~mask])
   np.testing.assert_array_equal(soft[core], hard[core])
 
@@ -383,9 +385,20 @@ def test_activation_map_mask_thresholds_map(editor, tmp_path):
   assert activation.max() == pytest.approx(1.0)
 
 
-def test_map_defaults_when_config_has_none(editor):
+def test_map_defaults_come_from_config(editor):
+  config = make_tiny_config()
+  config.edit.map_method = 'grad_cam_pp'
+  config.edit.map_layer = 'D/block3'
   spec = editing.parse_mask(
-    'map:Smiling@0.5', editor.attributes, editor.config, editor.d_taps
+    'map:Smiling@0.5', editor.attributes, config, editor.d_taps
+  )
+  assert (spec.method, spec.layer) == ('grad_cam_pp', 'D/block3')
+
+  # Runs recorded before the config had an edit section.
+  config = ml_collections.ConfigDict(make_tiny_config().to_dict())
+  del config['edit']
+  spec = editing.parse_mask(
+    'map:Smiling@0.5', editor.attributes, config, editor.d_taps
   )
   assert (spec.method, spec.layer) == ('grad_cam', 'D/block2')
 
@@ -449,7 +462,7 @@ def test_unnamed_attributes_keep_predictions(editor, tmp_path):
   mask_path = save_mask(disc_mask(32, 32, 7), tmp_path / 'mask.png')
   _, report = edit_one(editor, tmp_path, image, mask_path)
 
-  # The image has the model size, so D sees it unchanged.
+  # The image has the model size, so D's input is the image unchanged.
   x = rgb[None].astype(np.float32) / 127.5 - 1.0
   _, logits = editor.discriminator.apply({'params': editor.d_params}, x)
   probabilities = 1 / (1 + np.exp(-np.asarray(logits[0], np.float64)))
