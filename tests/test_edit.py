@@ -116,6 +116,16 @@ def write_palette(path, rng):
   return palette[indices], None
 
 
+def write_palette_transparency(path, rng):
+  indices = rng.integers(0, 8, (38, 42), dtype=np.uint8)
+  palette = rng.integers(0, 256, (8, 3), dtype=np.uint8)
+  picture = Image.fromarray(indices, mode='P')
+  picture.putpalette(palette.reshape(-1).tolist())
+  picture.save(path, transparency=2)  # Palette index 2 is transparent.
+  alpha = np.where(indices == 2, 0, 255).astype(np.uint8)
+  return palette[indices], alpha
+
+
 def write_rgba(path, rng):
   rgba = rng.integers(0, 256, (35, 39, 4), dtype=np.uint8)
   Image.fromarray(rgba, mode='RGBA').save(path)
@@ -150,6 +160,7 @@ MODES = {
   'rgb.png': write_rgb,
   'gray.png': write_gray,
   'palette.png': write_palette,
+  'palette_transparency.png': write_palette_transparency,
   'rgba.png': write_rgba,
   'gray_alpha.png': write_gray_alpha,
   'sixteen_bit.png': write_sixteen_bit,
@@ -367,6 +378,31 @@ def test_folder_mode_pairs_by_name(editor, tmp_path):
   assert not list(out.glob('broken*'))
 
 
+def test_mask_folder_pairs_by_name(editor, tmp_path):
+  images, mask_folder = tmp_path / 'images', tmp_path / 'masks'
+  images.mkdir()
+  mask_folder.mkdir()
+  rng = np.random.default_rng(12)
+  masks = {}
+  for name, radius in (('a', 5), ('b', 9)):
+    rgb = random_rgb(rng, 40, 40)
+    Image.fromarray(rgb).save(images / f'{name}.png')
+    masks[name] = (rgb, disc_mask(40, 40, radius))
+    save_mask(masks[name][1], mask_folder / f'{name}.png')
+
+  out = tmp_path / 'out'
+  editing.edit_files(
+    editor, images, out, mask=str(mask_folder), sets=['Smiling=1']
+  )
+
+  for name, (rgb, mask) in masks.items():
+    report = json.loads((out / f'{name}_0.json').read_text())
+    assert report['mask']['path'] == str(mask_folder / f'{name}.png')
+    assert report['mask']['area_px'] == int(mask.sum())
+    output = read_png(out / f'{name}_0.png')
+    np.testing.assert_array_equal(output[~mask], rgb[~mask])
+
+
 def test_activation_map_mask_thresholds_map(editor, tmp_path):
   example = synthetic_face(tmp_path, 'face.png', 4, size=MODEL_SIZE)
   spec = 'map:Smiling@0.4:gradient_x_activation:D/block1'
@@ -571,6 +607,11 @@ def test_workdir_without_checkpoint_rejected(workdir, tmp_path):
   shutil.copy(workdir / 'run.json', empty / 'run.json')
   with pytest.raises(InputError, match='no checkpoint found'):
     editing.Editor.load(empty)
+
+
+def test_unknown_step_rejected(workdir):
+  with pytest.raises(InputError, match=r'the saved steps are \[0\]'):
+    editing.Editor.load(workdir, step=99)
 
 
 def test_other_architecture_rejected(workdir, tmp_path):
