@@ -84,7 +84,9 @@ def median_seconds(fn, repeats: int) -> float:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--workdir', help='work directory of a trained run; default: random weights')
+  parser.add_argument(
+    '--workdir', help='trained work directory; default: random weights'
+  )
   parser.add_argument('--repeats', type=int, default=20)
   args = parser.parse_args()
 

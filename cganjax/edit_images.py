@@ -4,8 +4,9 @@ Conventions shared by the editing tool:
   * The reference is the upright image: EXIF orientation applied with
     `PIL.ImageOps.exif_transpose`, then converted to 8-bit RGB. 16-bit
     samples keep their high byte (value // 256), which is also what Pillow
-    does when it opens a 16-bit RGB PNG. An alpha channel (RGBA, LA, PA,
-    or a palette or colour key with transparency) is kept as 8-bit alpha.
+    (checked with 13.0) does when it opens a 16-bit RGB PNG. An alpha
+    channel (RGBA, LA, PA, or a palette or colour key with transparency) is
+    kept as 8-bit alpha.
   * Geometry: the model input is the centred square crop of side min(H, W),
     resized to the model size with Lanczos, as `maps_dump.read_image` does
     for image folders. The edit is mapped back by resizing G's output to

@@ -369,7 +369,7 @@ class Editor:
     image_path = Path(image_path)
     if isinstance(mask, str):
       mask = parse_mask(mask, self.attributes, self.config, self.d_taps)
-    if edits and isinstance(edits[0], str):
+    if not edits or isinstance(edits[0], str):
       edits = parse_sets(edits, self.attributes)
     for edit in edits:
       check_attributes(list(edit), self.attributes, 'edit')
@@ -393,15 +393,13 @@ class Editor:
     )
     if dilate > 0:
       full_mask = parts.dilate_disc(full_mask, dilate)
-    clipped = int(
-      np.count_nonzero(full_mask)
-      - np.count_nonzero(edit_images.clip_to_box(full_mask, box))
-    )
-    full_mask = edit_images.clip_to_box(full_mask, box)
+    inside_box = edit_images.clip_to_box(full_mask, box)
+    clipped = int(np.count_nonzero(full_mask) - np.count_nonzero(inside_box))
+    full_mask = inside_box
     if not full_mask.any():
       raise InputError(
         f'the mask --mask={mask.text} is empty on {image_path.name} inside '
-        'the square the model sees; choose other parts, a lower map '
+        'the square of the model input; choose other parts, a lower map '
         'threshold, or a larger --dilate.'
       )
     weights = edit_images.feather_weights(full_mask, feather)

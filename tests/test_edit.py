@@ -10,8 +10,10 @@ under test.
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import jax
@@ -147,6 +149,30 @@ def write_sixteen_bit(path, rng):
   return np.repeat(high_byte[..., None], 3, axis=-1), None
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+  checksum = zlib.crc32(kind + data) & 0xFFFFFFFF
+  return (
+    struct.pack('>I', len(data)) + kind + data + struct.pack('>I', checksum)
+  )
+
+
+def write_sixteen_bit_rgb(path, rng):
+  # Pillow cannot write 16-bit RGB, so the PNG is assembled here.
+  height, width = 35, 33
+  values = rng.integers(0, 65536, (height, width, 3), dtype=np.uint16)
+  rows = b''.join(
+    b'\0' + values[y].astype('>u2').tobytes() for y in range(height)
+  )
+  header = struct.pack('>IIBBBBB', width, height, 16, 2, 0, 0, 0)
+  path.write_bytes(
+    b'\x89PNG\r\n\x1a\n'
+    + png_chunk(b'IHDR', header)
+    + png_chunk(b'IDAT', zlib.compress(rows))
+    + png_chunk(b'IEND', b'')
+  )
+  return (values // 256).astype(np.uint8), None
+
+
 def write_cmyk_jpeg(path, rng):
   cmyk = rng.integers(0, 256, (40, 48, 4), dtype=np.uint8)
   Image.fromarray(cmyk, mode='CMYK').save(path, quality=95)
@@ -164,6 +190,7 @@ MODES = {
   'rgba.png': write_rgba,
   'gray_alpha.png': write_gray_alpha,
   'sixteen_bit.png': write_sixteen_bit,
+  'sixteen_bit_rgb.png': write_sixteen_bit_rgb,
   'cmyk.jpg': write_cmyk_jpeg,
 }
 
