@@ -739,3 +739,11 @@ def test_cli_bad_input_exits_2(workdir, tmp_path, options, message):
   assert result.returncode == 2, result.stderr
   assert message in error_line(result)
   assert not (tmp_path / 'out').exists()
+
+
+def test_cli_help_lists_flags():
+  result = run_cli('--help', timeout=120)
+  assert result.returncode == 0, result.stderr
+  for flag in ('--workdir', '--image', '--mask', '--parts', '--set', '--out'):
+    assert flag in result.stdout, flag
+  assert 'map:ATTR@T' in result.stdout
