@@ -107,6 +107,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample = ml_collections.ConfigDict()
   config.sample.num_images = 8  # Rows of the sample grid.
 
+  config.edit = ml_collections.ConfigDict()
+  # Defaults of activation-map masks (--mask=map:ATTR@T) in cganjax.edit.
+  config.edit.map_method = 'grad_cam'  # A method of cganjax.maps.METHODS.
+  config.edit.map_layer = 'D/block2'  # A tap of D, at 1/4 of the image side.
+
   config.evaluate = ml_collections.ConfigDict()
   config.evaluate.num_images = 500  # Test images the evaluator edits.
   config.evaluate.classifier_steps = 4_000  # Training steps of the judge.
