@@ -24,7 +24,14 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from cganjax import maps, maps_folder, maps_overlays, restore, step
+from cganjax import (
+  edit_images,
+  maps,
+  maps_folder,
+  maps_overlays,
+  restore,
+  step,
+)
 from cganjax.data import pipeline
 from cganjax.errors import InputError
 
@@ -94,21 +101,19 @@ def dataset_source(config, split: str, count: int) -> ImageSource:
 
 
 def read_image(path: Path, size: int) -> np.ndarray:
-  """Read an image file as uint8 [size, size, 3]: centre crop, then resize."""
-  try:
-    with Image.open(path) as picture:
-      picture = picture.convert('RGB')
-      width, height = picture.size
-      side = min(width, height)
-      left, top = (width - side) // 2, (height - side) // 2
-      picture = picture.crop((left, top, left + side, top + side))
-      picture = picture.resize((size, size), Image.Resampling.LANCZOS)
-      return np.asarray(picture, np.uint8)
-  except OSError as error:
-    raise InputError(
-      f'cannot read the image {path} ({error}); remove it from the folder '
-      'or convert it to PNG or JPEG.'
-    ) from None
+  """Read an image file as uint8 [size, size, 3]: centre crop, then resize.
+
+  The file is read as the editing tool reads it (`edit_images`): upright
+  after its EXIF orientation, 16-bit samples reduced to their high byte,
+  alpha dropped.
+  """
+  rgb = edit_images.read_reference(path).rgb
+  height, width = rgb.shape[:2]
+  side = min(width, height)
+  left, top = (width - side) // 2, (height - side) // 2
+  picture = Image.fromarray(rgb[top : top + side, left : left + side])
+  picture = picture.resize((size, size), Image.Resampling.LANCZOS)
+  return np.asarray(picture, np.uint8)
 
 
 def folder_source(folder, size: int, count: int | None) -> ImageSource:

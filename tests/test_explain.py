@@ -344,3 +344,28 @@ def test_cli_writes_maps_folder(workdir, tmp_path):
   assert block.max() <= 1.0
   grids = sorted((out / 'overlays').rglob('*.png'))
   assert len(grids) == 9
+
+
+def test_read_image_keeps_the_high_byte_of_16_bit_samples(tmp_path):
+  # Regression: converting with Pillow's convert('RGB') clipped 16-bit
+  # samples, so 1000 and 40000 both became 255.
+  values = np.array([[1000, 40000], [65535, 255]], np.uint16)
+  path = tmp_path / 'gray16.png'
+  Image.fromarray(values).save(path)
+  image = maps_dump.read_image(path, 2)
+  expected = values // 256  # 3, 156, 255, 0
+  np.testing.assert_array_equal(image, np.repeat(expected[..., None], 3, -1))
+
+
+def test_read_image_applies_the_exif_orientation(tmp_path):
+  # Every pixel distinct, so a crop of the sideways image cannot match.
+  stored = (np.arange(2 * 4 * 3).reshape(2, 4, 3) * 10).astype(np.uint8)
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Rotate 90 degrees clockwise to display.
+  path = tmp_path / 'sideways.png'
+  Image.fromarray(stored).save(path, exif=exif)
+  image = maps_dump.read_image(path, 2)
+  # Upright the image is 4 high and 2 wide; the centre crop keeps rows 1, 2.
+  upright = np.rot90(stored, k=-1)
+  assert upright.shape == (4, 2, 3)
+  np.testing.assert_array_equal(image, upright[1:3])
