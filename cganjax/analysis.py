@@ -899,7 +899,7 @@ GROUP_FIELDS = ('maps', 'method', 'layer', 'target')
 _TEXT_FIELDS = ('kind', 'view', 'attribute')
 
 
-def _mean(values: np.ndarray) -> float:
+def finite_mean(values: np.ndarray) -> float:
   """Mean of the finite values, NaN when there are none."""
   finite = values[np.isfinite(values)]
   return float(finite.mean()) if finite.size else float('nan')
@@ -932,10 +932,10 @@ def summarise(rows: Sequence[dict], fields: Sequence[str]) -> list[dict]:
     area = np.array([r['region_area'] for r in members], np.float64)
     with_region = area > 0
     summary['images_with_region'] = int(with_region.sum())
-    summary['chance'] = _mean(np.where(with_region, area, np.nan))
+    summary['chance'] = finite_mean(np.where(with_region, area, np.nan))
     for field in numeric:
       values = np.array([r[field] for r in members], np.float64)
-      summary[field] = _mean(values)
+      summary[field] = finite_mean(values)
     summaries.append(summary)
   return summaries
 
