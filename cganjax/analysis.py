@@ -81,8 +81,6 @@ LABEL_NAMES = ('background',) + parts.PART_NAMES
 # Seed streams: the tie-break order of map pixels and the random pixel sets.
 _TIE_BREAK_STREAM = 0
 _RANDOM_SET_STREAM = 1
-# Kinds of target whose score D computes from the target's view alone.
-_SCORED_BY_D = ('attribute', 'realness')
 
 
 # Per-map metrics ------------------------------------------------------------
@@ -270,8 +268,10 @@ def deletion_order(saliency, row: int, seed: int) -> np.ndarray:
 def random_deletion_order(
   num_pixels: int, row: int, draw: int, seed: int
 ) -> np.ndarray:
-  """The random pixel order of one draw for image `row`; deleting k pixels
-  deletes its first k entries."""
+  """Return the random pixel order of one draw for image `row`.
+
+  Deleting k random pixels deletes the first k entries.
+  """
   rng = np.random.default_rng([seed, _RANDOM_SET_STREAM, row, draw])
   return rng.permutation(num_pixels)
 
@@ -618,10 +618,10 @@ def row_fields(options: Options) -> list[str]:
 
 
 def view_has_parts(view: str) -> bool:
-  """Whether the real image's label maps describe a view's image.
+  """Return whether the real image's label maps describe a view's image.
 
   An edit changes the image only inside the attribute's region, so the
-  real image's parts stay in place; a face drawn from noise has no label
+  real image's parts stay in place. A face drawn from noise has no label
   map.
   """
   return view == 'real' or view.startswith('edit/')
@@ -733,8 +733,11 @@ def _log_progress(label: str, done: int, total: int, started: float) -> None:
 
 
 class _ChunkContext:
-  """What the maps of one chunk of images share: label maps, regions,
-  intact-image scores, random deletions and randomised-D maps."""
+  """The inputs that the maps of one chunk of images share.
+
+  These are label maps, regions, intact-image scores, random deletions and
+  randomised-D maps, each computed once per chunk.
+  """
 
   def __init__(self, folder, label_maps, checks, options, start, stop):
     self.folder = folder

@@ -117,10 +117,10 @@ def _headline_columns(summaries, labels) -> list[tuple[str, str]]:
 
 
 def headline_tables(summaries: Sequence[dict]) -> str:
-  """The two headline tables for D's attribute logits on the real image.
+  """Format the two headline tables for D's attribute logits on real images.
 
   The first puts each attribute's region energy, per method and layer,
-  beside the chance level; the second gives the rank correlation between
+  beside the chance level. The second gives the rank correlation between
   the trained and the randomised D's maps.
   """
   labels = source_labels(summaries)

@@ -3,13 +3,13 @@ r"""Analyse saved activation maps against face part label maps.
   python -m cganjax.analyze --maps=/tmp/demo_maps --out=/tmp/demo_analysis \
       --workdir=/tmp/cganjax_demo
 
-Reads one or more maps folders (written by python -m cganjax.explain, one
-method each) and measures, per map, the energy inside each face part and
-inside the attribute's expected parts, the pointing game, IoU with the
-expected parts and the spatial entropy. With --workdir it also restores D
-at each folder's checkpoint step for the deletion faithfulness test and for
-the randomised-weights check (maps from D with re-initialised weights,
-compared by Spearman rank correlation).
+Reads one or more maps folders, each written by python -m cganjax.explain
+with one method. For every map it measures the energy inside each face
+part and inside the attribute's expected parts, the pointing game, IoU
+with the expected parts and the spatial entropy. With --workdir it also
+restores D at each folder's checkpoint step for the deletion faithfulness
+test and for the randomised-weights check (maps from D with re-initialised
+weights, compared by Spearman rank correlation).
 
 Writes OUT/report.md (headline tables, then a table per target with a row
 per method and layer), OUT/maps.csv (every map), OUT/summary.csv (means per

@@ -1,7 +1,7 @@
 """Map metrics, faithfulness, the randomised-D check and the analyze CLI.
 
 The metric tests use a 10x10 label map whose Smiling region is exactly the
-mouth and the upper lip (12 pixels): at this size the skin band around the
+mouth and the upper lip (12 pixels). At this size the skin band around the
 mouth has a radius of 0.6 pixels, so it adds no pixel. Every right value
 is worked out by hand from that layout.
 """
