@@ -670,7 +670,7 @@ def test_cli_with_parts_file(tmp_path):
 # The notebook -----------------------------------------------------------------
 
 
-def test_notebook_runs_on_tiny_maps(tiny_maps, tmp_path, monkeypatch):
+def test_notebook_runs_on_tiny_maps(workdir, tiny_maps, tmp_path, monkeypatch):
   nbformat = pytest.importorskip('nbformat')
   nbclient = pytest.importorskip('nbclient')
   manager_module = pytest.importorskip('jupyter_client.manager')
@@ -697,6 +697,7 @@ def test_notebook_runs_on_tiny_maps(tiny_maps, tmp_path, monkeypatch):
   monkeypatch.setenv('IPYTHONDIR', str(tmp_path / 'ipython'))
   monkeypatch.setenv('MPLCONFIGDIR', str(tmp_path / 'matplotlib'))
   monkeypatch.setenv('CGANJAX_MAPS', str(tiny_maps))
+  monkeypatch.setenv('CGANJAX_WORKDIR', str(workdir))
   monkeypatch.delenv('XLA_FLAGS', raising=False)
 
   notebook = nbformat.read(
@@ -725,6 +726,8 @@ def test_notebook_runs_on_tiny_maps(tiny_maps, tmp_path, monkeypatch):
   assert 'real/Smiling on D/block3' in text
   assert 'image 3: energy' in text
   images = [o for o in outputs if 'image/png' in o.get('data', {})]
-  assert len(images) == 2
-  markdown = [c.source for c in notebook.cells if c.cell_type == 'markdown']
-  assert any('EDIT CALL GOES HERE' in source for source in markdown)
+  assert len(images) == 3
+  # The edit cell ran on the tiny run, and the hard mask kept every pixel
+  # outside the region.
+  assert 'at step 0' in text
+  assert 'largest change outside the region: 0\n' in text
