@@ -56,9 +56,10 @@ def check_manual_files(source_dir: str) -> Path:
     name for name in MANUAL_FILES.values() if not (folder / name).is_file()
   ]
   if missing:
+    expected = '' if len(missing) == len(MANUAL_FILES) else f' of {names}'
     raise InputError(
       f'CelebA files not found in data.dir={folder}: missing '
-      f'{", ".join(missing)} (expected {names}); {hint}.'
+      f'{", ".join(missing)}{expected}; {hint}.'
     )
   return folder
 
@@ -192,6 +193,11 @@ def builder_class():
 
   class CelebAManual(celeb_a_dataset_builder.Builder, skip_registration=True):
     name = 'celeb_a'
+    # The library's `celeb_a` module, so its metadata files are found. Left
+    # to the default, tensorflow-datasets 4.9.10 derives the path of a
+    # builder outside its package through `importlib_resources`, a package
+    # it declares only for Python < 3.9, and fails on Python 3.11.
+    code_path = Path(celeb_a_dataset_builder.__file__)
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
       f'Place {", ".join(MANUAL_FILES.values())} in the manual folder.'
     )
