@@ -3,7 +3,7 @@ r"""Train on CelebAMask-HQ at 64x64, read from its own directory layout.
   python -m cganjax.main --config=configs/celebamask_hq.py \
     --workdir=/tmp/celebamask_hq --config.data.dir=/path/to/CelebAMask-HQ
 
-data.dir holds CelebA-HQ-img/, CelebAMask-HQ-mask-anno/ and
+data.dir contains CelebA-HQ-img/, CelebAMask-HQ-mask-anno/ and
 CelebAMask-HQ-attribute-anno.txt as distributed. The first run prepares the
 images, merged part label maps and attributes once at data.image_size into
 data.prepared_dir; later runs with the same data fields read only that.

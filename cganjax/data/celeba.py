@@ -5,10 +5,11 @@ fails, so the builder here is `celeb_a` with its download step replaced by
 the files in `data.dir` (`MANUAL_FILES`, from the CelebA page
 http://mmlab.ie.cuhk.edu.hk/projects/CelebA.html: `Img/img_align_celeba.zip`,
 `Anno/*.txt` and `Eval/list_eval_partition.txt`). tensorflow-datasets
-prepares its TFRecords once under `<data.prepared_dir>/tfds`; `prepare`
-then centre-crops the 178x218 aligned images to 178x178, resizes them to
-`data.image_size` and writes a prepared folder (`cganjax.data.store`) with
-a label map drawn from the five landmarks (`landmark_label_map`).
+prepares its TFRecords once under `<data.prepared_dir>/tfds`. `prepare`
+then centre-crops the 178x218 aligned images to 178x178 and resizes them to
+`data.image_size`. It writes them to a prepared folder
+(`cganjax.data.store`) with a label map drawn from the five landmarks
+(`landmark_label_map`).
 
 TensorFlow is imported inside the functions only, with GPUs hidden from it.
 """
@@ -22,7 +23,7 @@ from cganjax.data import parts, store
 from cganjax.errors import InputError
 
 # Keys of the `celeb_a` builder's download request, and the file in data.dir
-# that stands for each.
+# that replaces each download.
 MANUAL_FILES = {
   'img_align_celeba': 'img_align_celeba.zip',
   'list_eval_partition': 'list_eval_partition.txt',

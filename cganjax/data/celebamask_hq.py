@@ -9,10 +9,10 @@ The source folder (`data.dir`) holds, as distributed:
 - `CelebAMask-HQ-attribute-anno.txt`: the image count, the 40 attribute
   names, then one row per image, `<i>.jpg` and 40 values of 1 or -1.
 
-`prepare` reads every listed image once, merges its part masks into one
-label map in `parts.PART_NAMES` order (a later part overwrites an earlier
-one where they overlap), centre-crops and resizes both to the training size
-(the label map by nearest neighbour only) and writes a prepared folder
+`prepare` reads every listed image once and merges its part masks into one
+label map in `parts.PART_NAMES` order, where a later part overwrites an
+earlier one. It centre-crops and resizes both to the training size, the
+label map by nearest neighbour only, and writes a prepared folder
 (`cganjax.data.store`). Training then reads rows from that folder. The
 images with the highest ids form the test split. No TensorFlow is needed.
 """
@@ -153,7 +153,7 @@ def merge_part_masks(masks: Mapping[str, np.ndarray]) -> np.ndarray:
   """Merge per-part bool masks into a uint8 label map.
 
   Parts are painted in `parts.PART_NAMES` order, so where masks overlap
-  the part that comes later in that order wins; the mapping's own order
+  the part that comes later in that order wins. The order of the mapping
   does not matter.
   """
   if not masks:

@@ -185,7 +185,7 @@ ATTRIBUTE_REGIONS: dict[str, AttributeRegion] = {
   'Wearing_Necktie': AttributeRegion(parts=('cloth',)),
 }
 
-# CelebA has no part maps, so its label maps hold only the eyes, the nose
+# CelebA has no part maps, so its label maps contain only the eyes, the nose
 # and the mouth drawn from its five landmarks (`cganjax.data.celeba`).
 # Attributes whose region needs other parts (hair colours, hats, glasses,
 # brows, beards) have no entry here and train on CelebA only under

@@ -74,7 +74,7 @@ def dataset_info(config) -> DatasetInfo:
       )
     if info['image_size'] != data.image_size:
       raise InputError(
-        f'{folder} holds {info["image_size"]}px images but data.image_size='
+        f'{folder} contains {info["image_size"]}px images but data.image_size='
         f'{data.image_size}; delete that folder so that it is prepared again.'
       )
     return DatasetInfo(
@@ -101,7 +101,7 @@ def _check_source(config) -> None:
 
 
 def prepared_folder(config) -> Path:
-  """Return the folder that holds (or will hold) a real set's prepared data."""
+  """Return the folder of a real set's prepared data, present or not."""
   data = config.data
   if not data.dir:
     _check_source(config)  # Raises the data set's own empty-dir message.
@@ -196,6 +196,7 @@ def read_real_examples(config, indices: np.ndarray) -> dict:
   folder = prepared_folder(config)
   is_test = indices >= SYNTHETIC_TEST_OFFSET
   rows = np.where(is_test, indices - SYNTHETIC_TEST_OFFSET, indices)
+
   for split, selected, count in (
     ('train', ~is_test, info.num_train),
     ('test', is_test, info.num_test),
@@ -206,6 +207,7 @@ def read_real_examples(config, indices: np.ndarray) -> dict:
         f'{config.data.name} has {count} {split} images, so example '
         f'{int(bad[0])} does not exist; request at most {count}.'
       )
+
   size = config.data.image_size
   batch = {
     'image': np.zeros((len(indices), size, size, 3), np.uint8),

@@ -1,13 +1,13 @@
 """Prepared data sets: fixed-size arrays at the training resolution.
 
-A prepared folder holds, per split, raw uint8 files read with `np.memmap`:
-`<split>_image.u8` [N, S, S, 3], `<split>_parts.u8` [N, S, S] label maps in
-the CelebAMask-HQ order and `<split>_attributes.u8` [N, A] (0 or 1), with
-`info.json` giving the shapes, the attribute names, the example names and
-the source folder. Rows are read by index, so any example of any step is a
-cheap random access and a resumed or multi-process run reads only its own
-rows. The writer fills FOLDER.partial and renames it to FOLDER when done, so
-a folder that exists is complete.
+A prepared folder contains, per split, raw uint8 files read with
+`np.memmap`: `<split>_image.u8` [N, S, S, 3], `<split>_parts.u8` [N, S, S]
+label maps in the CelebAMask-HQ order and `<split>_attributes.u8` [N, A]
+(0 or 1). `info.json` gives the counts, the image size, the attribute
+names, the example names and the source folder. Rows are read by index,
+so any example of any step is a cheap random access, and a resumed or
+multi-process run reads only its own rows. The writer fills FOLDER.partial
+and renames it to FOLDER when done, so a folder that exists is complete.
 
 Nothing here imports TensorFlow.
 """
@@ -165,7 +165,7 @@ def open_store(folder: str) -> tuple[dict, dict]:
     ) from None
   if info.get('format_version') != FORMAT_VERSION:
     raise InputError(
-      f'{path} holds prepared data of format '
+      f'{path} contains prepared data of format '
       f'{info.get("format_version")}, expected {FORMAT_VERSION}; delete the '
       'folder so that it is prepared again.'
     )
