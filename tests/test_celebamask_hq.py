@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_tiny_config, saved_steps
 from PIL import Image
 
+from cganjax import train
 from cganjax.data import celebamask_hq as hq
 from cganjax.data import parts, pipeline, store
 from cganjax.errors import InputError
@@ -423,3 +425,26 @@ def test_sample_image_0_parts():
   assert labels == {parts.part_label(name) for name in present}
   _, values = hq.read_attribute_file(SAMPLE_DIR / hq.ATTRIBUTE_FILE)
   assert set(np.unique(values).tolist()) <= {0, 1}
+
+
+@pytest.mark.slow  # About a minute, most of it compiling the step.
+def test_training_runs_on_fixture(tmp_path):
+  config = fixture_config(tmp_path)
+  tiny = make_tiny_config()
+  config.model = tiny.model
+  config.train = tiny.train
+  config.sample = tiny.sample
+  config.data.image_size = 32
+  config.train.steps = 2
+  config.sample.num_images = 2
+  with pytest.raises(InputError, match='lower sample.num_images'):
+    train.train_and_evaluate(config, tmp_path / 'refused')
+  config.sample.num_images = 1
+  state = train.train_and_evaluate(config, tmp_path / 'run')
+  assert int(state.step) == 2
+  assert saved_steps(tmp_path / 'run') == [2]
+  assert (tmp_path / 'run' / 'samples' / 'step_0000002.png').is_file()
+  prepared = list((tmp_path / 'prepared').iterdir())
+  assert [path.name.split('_32px_')[0] for path in prepared] == [
+    'celebamask_hq_test1'
+  ]

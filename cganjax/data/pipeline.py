@@ -254,6 +254,14 @@ def train_batches(
 
 def test_batches(config, count: int, batch_size: int) -> Iterator[dict]:
   """Yield the first `count` test examples in batches of `batch_size`."""
+  if config.data.name in REAL_DATASETS:
+    available = dataset_info(config).num_test
+    if count > available:
+      raise InputError(
+        f'{count} test images requested but {config.data.name} holds out '
+        f'{available}; lower sample.num_images (or --num_images), or hold '
+        'out more images.'
+      )
   for start in range(0, count, batch_size):
     size = min(batch_size, count - start)
     yield load_examples(config, test_indices(start, size))
