@@ -178,6 +178,20 @@ def test_prepare_from_manual_folder(tmp_path):
   assert batch['parts'][0][int(nose_y), int(nose_x)] == 2
 
 
+def test_prepare_listed_image_missing(tmp_path):
+  source = write_manual_folder(tmp_path / 'celeba', FILES)
+  with open(source / 'list_eval_partition.txt', 'a') as file:
+    file.write('000009.jpg 0\n')
+  folder = tmp_path / 'prepared' / 'celeba'
+  with pytest.raises(InputError) as caught:
+    celeba.prepare(str(source), str(tmp_path / 'prepared'), folder, 16)
+  message = str(caught.value)
+  assert '000009.jpg' in message
+  assert str(source) in message
+  assert '\n' not in message
+  assert not folder.exists()
+
+
 def test_prepare_with_mock_data(tmp_path):
   tfds = pytest.importorskip('tensorflow_datasets')
   source = tmp_path / 'celeba'

@@ -4,6 +4,8 @@ Fixtures are written in the data set's own layout into temporary folders.
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -448,3 +450,37 @@ def test_training_runs_on_fixture(tmp_path):
   assert [path.name.split('_32px_')[0] for path in prepared] == [
     'celebamask_hq_test1'
   ]
+
+
+def run_prepare(*flags):
+  return subprocess.run(
+    [sys.executable, '-m', 'cganjax.prepare', *flags],
+    capture_output=True,
+    text=True,
+    cwd=Path(__file__).resolve().parents[1],
+    timeout=300,
+  )
+
+
+def test_prepare_command(tmp_path):
+  source = write_layout(tmp_path / 'src', FACES)
+  flags = [
+    '--config=configs/celebamask_hq.py',
+    f'--config.data.dir={source}',
+    f'--config.data.prepared_dir={tmp_path / "prepared"}',
+    '--config.data.num_test=1',
+    '--config.data.image_size=32',
+  ]
+  result = run_prepare(*flags)
+  assert result.returncode == 0, result.stderr
+  folder = Path(result.stdout.strip())
+  assert folder.parent == tmp_path / 'prepared'
+  info, _ = store.open_store(str(folder))
+  assert info['counts'] == {'train': 2, 'test': 1}
+
+  result = run_prepare(*flags[:1], f'--config.data.dir={tmp_path / "none"}')
+  assert result.returncode == 2
+  assert result.stdout == ''
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('prepare.py: error: data.dir=')
+  assert 'lacks CelebA-HQ-img' in last

@@ -223,9 +223,19 @@ def prepare(source_dir: str, prepared_dir: str, folder: Path, size: int):
     data_dir=str(Path(prepared_dir).expanduser() / TFDS_FOLDER)
   )
   logging.info('Preparing celeb_a with tensorflow-datasets from %s.', source)
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(manual_dir=str(source))
-  )
+  try:
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(source))
+    )
+  except (KeyError, IndexError, ValueError) as error:
+    # The builder indexes the images and the rows of the .txt files by file
+    # name, so a file listed in one but missing from another fails here.
+    raise InputError(
+      f'tensorflow-datasets could not prepare celeb_a from {source} '
+      f'({type(error).__name__}: {error}); check that every image in '
+      'list_eval_partition.txt is in img_align_celeba.zip and has a row in '
+      'the other .txt files.'
+    ) from None
   writer = store.StoreWriter(
     folder,
     size,
