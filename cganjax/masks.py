@@ -7,7 +7,7 @@ pixel is within radius R of a set when the distance between pixel centres is
 at most R = radius * the longer image side.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +47,14 @@ def dilate(masks: jax.Array, radius_pixels: float) -> jax.Array:
 class RegionTable:
   """The attribute-to-parts table as arrays, for a fixed list of attributes."""
 
-  def __init__(self, attributes: Sequence[str]):
+  def __init__(
+    self,
+    attributes: Sequence[str],
+    table: Mapping[str, parts.AttributeRegion] | None = None,
+  ):
+    """`table` defaults to `parts.ATTRIBUTE_REGIONS`."""
+    if table is None:
+      table = parts.ATTRIBUTE_REGIONS
     self.attributes = tuple(attributes)
     count = len(self.attributes)
     self.parts = np.zeros((count, parts.NUM_CLASSES), bool)
@@ -56,7 +63,7 @@ class RegionTable:
     self.near_radius = np.zeros((count,), np.float64)
     self.has_region = np.zeros((count,), bool)
     for index, name in enumerate(self.attributes):
-      region = parts.ATTRIBUTE_REGIONS.get(name)
+      region = table.get(name)
       if region is None:
         continue
       self.has_region[index] = True

@@ -60,7 +60,9 @@ def create_networks(config, attributes) -> Networks:
     discriminator=discriminator,
     g_optimizer=g_optimizer,
     d_optimizer=d_optimizer,
-    regions=masks.RegionTable(attributes),
+    regions=masks.RegionTable(
+      attributes, parts.dataset_regions(config.data.name)
+    ),
   )
 
 

@@ -185,6 +185,45 @@ ATTRIBUTE_REGIONS: dict[str, AttributeRegion] = {
   'Wearing_Necktie': AttributeRegion(parts=('cloth',)),
 }
 
+# CelebA has no part maps, so its label maps contain only the eyes, the nose
+# and the mouth drawn from its five landmarks (`cganjax.data.celeba`).
+# Attributes whose region needs other parts (hair colours, hats, glasses,
+# brows, beards) have no entry here and train on CelebA only under
+# whole-image or free-form masks.
+_CELEBA_MOUTH = AttributeRegion(parts=('mouth',))
+_CELEBA_EYES = AttributeRegion(parts=_EYES)
+_CELEBA_NOSE = AttributeRegion(parts=('nose',))
+CELEBA_LANDMARK_REGIONS: dict[str, AttributeRegion] = {
+  'Bags_Under_Eyes': _CELEBA_EYES,
+  'Big_Lips': _CELEBA_MOUTH,
+  'Big_Nose': _CELEBA_NOSE,
+  'Mouth_Slightly_Open': _CELEBA_MOUTH,
+  'Narrow_Eyes': _CELEBA_EYES,
+  'Pointy_Nose': _CELEBA_NOSE,
+  'Smiling': _CELEBA_MOUTH,
+  'Wearing_Lipstick': _CELEBA_MOUTH,
+}
+
+# The region table of each data set: the part maps of the synthetic set and
+# CelebAMask-HQ have every part, CelebA's only the landmark parts.
+DATASET_REGIONS: dict[str, dict[str, AttributeRegion]] = {
+  'synthetic': ATTRIBUTE_REGIONS,
+  'celebamask_hq': ATTRIBUTE_REGIONS,
+  'celeba': CELEBA_LANDMARK_REGIONS,
+}
+
+
+def dataset_regions(name: str) -> dict[str, AttributeRegion]:
+  """Return the attribute-to-region table of the data set `name`."""
+  try:
+    return DATASET_REGIONS[name]
+  except KeyError:
+    raise ValueError(
+      f'no region table for data set {name!r}; known data sets: '
+      f'{", ".join(sorted(DATASET_REGIONS))}'
+    ) from None
+
+
 # Groups of attributes of which at most one is true for any face.
 EXCLUSIVE_GROUPS = (('Black_Hair', 'Blond_Hair', 'Brown_Hair', 'Gray_Hair'),)
 

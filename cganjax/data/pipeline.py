@@ -7,22 +7,34 @@ A batch is a dict of numpy arrays: `image` uint8 [B, H, W, 3], `parts` uint8
 
 The position in the training stream is the step: the examples of step s are
 a pure function of (seed, s), so a resumed run continues where it stopped,
-and each process reads only its own slice of every global batch.
+and each process reads only its own slice of every global batch. This holds
+for the real sets too (`celeba`, `celebamask_hq`): they are prepared once
+into a folder of fixed-size arrays (`cganjax.data.store`) and example ids
+are rows of it, so shuffling is the same per-epoch permutation of ids and a
+process reads only the rows of its slice.
 """
 
 import dataclasses
 import queue
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
+import jax
 import numpy as np
+from absl import logging
 
-from cganjax.data import synthetic
+from cganjax.data import store, synthetic
 from cganjax.errors import InputError
 
-# Test examples of the synthetic set start here, so changing
-# `data.num_train` never moves a test example into the train split.
+# Test example ids start here, so changing `data.num_train` never moves a
+# test example into the train split. On a real set, test id
+# SYNTHETIC_TEST_OFFSET + i is row i of its test split.
 SYNTHETIC_TEST_OFFSET = 1 << 30
+
+REAL_DATASETS = ('celeba', 'celebamask_hq')
+# Used when data.prepared_dir is empty.
+DEFAULT_PREPARED_DIR = '~/.cache/cganjax/prepared'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,15 +62,89 @@ def dataset_info(config) -> DatasetInfo:
       num_train=data.num_train,
       num_test=data.num_test,
     )
-  if data.name == 'celeba':
-    # TODO: read CelebA through tensorflow-datasets.
-    raise InputError(
-      "data.name='celeba': the CelebA loader is not part of this version; "
-      'train on configs/synthetic.py or configs/synthetic_demo.py.'
+  if data.name in REAL_DATASETS:
+    folder = ensure_prepared(config)
+    info, _ = store.open_store(str(folder))
+    counts = info['counts']
+    if counts['train'] == 0 or counts['test'] == 0:
+      raise InputError(
+        f'the prepared data in {folder} has {counts["train"]} train and '
+        f'{counts["test"]} test images; both must be positive, so fix the '
+        'source or data.num_test and delete that folder.'
+      )
+    if info['image_size'] != data.image_size:
+      raise InputError(
+        f'{folder} contains {info["image_size"]}px images but data.image_size='
+        f'{data.image_size}; delete that folder so that it is prepared again.'
+      )
+    return DatasetInfo(
+      name=data.name,
+      attributes=tuple(info['attributes']),
+      image_size=data.image_size,
+      num_train=counts['train'],
+      num_test=counts['test'],
     )
+  known = ', '.join(('synthetic',) + REAL_DATASETS)
   raise InputError(
-    f"data.name='{data.name}' is not a known data set; use 'synthetic'."
+    f"data.name='{data.name}' is not a known data set; use one of {known}."
   )
+
+
+def _check_source(config) -> None:
+  """Raise InputError naming the source folder and files when they are bad."""
+  from cganjax.data import celeba, celebamask_hq
+
+  if config.data.name == 'celeba':
+    celeba.check_manual_files(config.data.dir)
+  else:
+    celebamask_hq.check_layout(config.data.dir)
+
+
+def prepared_folder(config) -> Path:
+  """Return the folder of a real set's prepared data, present or not."""
+  data = config.data
+  if not data.dir:
+    _check_source(config)  # Raises the data set's own empty-dir message.
+  name = data.name
+  if name == 'celebamask_hq':
+    # The test split is the num_test highest ids, so it is part of the name.
+    name = f'{name}_test{data.num_test}'
+  root = data.prepared_dir or DEFAULT_PREPARED_DIR
+  return store.prepared_folder(root, name, data.dir, data.image_size)
+
+
+def ensure_prepared(config) -> Path:
+  """Return the prepared folder of a real set, preparing it if missing.
+
+  Preparation reads the source in `data.dir` once; every later run with the
+  same data fields reads the prepared folder alone.
+  """
+  data = config.data
+  folder = prepared_folder(config)
+  if (folder / store.INFO_FILE).is_file():
+    return folder
+  _check_source(config)
+  if jax.process_count() > 1:
+    raise InputError(
+      f'no prepared data at {folder}; prepare it once before a multi-process '
+      'run with python -m cganjax.prepare and the same config and data '
+      'fields.'
+    )
+  from cganjax.data import celeba, celebamask_hq
+
+  logging.info('Preparing %s from %s into %s.', data.name, data.dir, folder)
+  root = data.prepared_dir or DEFAULT_PREPARED_DIR
+  if data.name == 'celeba':
+    celeba.prepare(data.dir, root, folder, data.image_size)
+  else:
+    celebamask_hq.prepare(
+      data.dir,
+      folder,
+      data.image_size,
+      data.num_test,
+      data.skip_bad_examples,
+    )
+  return folder
 
 
 def train_indices(seed: int, num_train: int, step: int, batch_size: int):
@@ -83,6 +169,13 @@ def test_indices(start: int, count: int) -> np.ndarray:
 
 def load_examples(config, indices: np.ndarray, overrides=None) -> dict:
   """Render or read the examples with the given ids as one batch."""
+  if config.data.name in REAL_DATASETS:
+    if overrides:
+      raise InputError(
+        f'attribute overrides need the synthetic set; {config.data.name} '
+        'has no counterfactual images.'
+      )
+    return read_real_examples(config, indices)
   batch = synthetic.render_batch(
     config.seed, indices, config.data.image_size, overrides=overrides
   )
@@ -94,6 +187,41 @@ def load_examples(config, indices: np.ndarray, overrides=None) -> dict:
     'pose': batch['pose'],
     'lighting': batch['lighting'],
   }
+
+
+def read_real_examples(config, indices: np.ndarray) -> dict:
+  """Read rows of a prepared real set; ids from the test offset on are test."""
+  indices = np.asarray(indices, np.int64)
+  info = dataset_info(config)
+  folder = prepared_folder(config)
+  is_test = indices >= SYNTHETIC_TEST_OFFSET
+  rows = np.where(is_test, indices - SYNTHETIC_TEST_OFFSET, indices)
+
+  for split, selected, count in (
+    ('train', ~is_test, info.num_train),
+    ('test', is_test, info.num_test),
+  ):
+    bad = rows[selected][(rows[selected] < 0) | (rows[selected] >= count)]
+    if bad.size:
+      raise InputError(
+        f'{config.data.name} has {count} {split} images, so example '
+        f'{int(bad[0])} does not exist; request at most {count}.'
+      )
+
+  size = config.data.image_size
+  batch = {
+    'image': np.zeros((len(indices), size, size, 3), np.uint8),
+    'parts': np.zeros((len(indices), size, size), np.uint8),
+    'attributes': np.zeros((len(indices), len(info.attributes)), np.uint8),
+  }
+  for split, selected in (('train', ~is_test), ('test', is_test)):
+    if not selected.any():
+      continue
+    values = store.read_rows(folder, split, rows[selected])
+    for key in batch:
+      batch[key][selected] = values[key]
+  batch['index'] = indices
+  return batch
 
 
 def process_slice(batch_size: int, process_index: int, process_count: int):
@@ -116,15 +244,24 @@ def train_batches(
   """Yield this process's part of each global training batch from a step."""
   batch_size = config.train.batch_size
   local = process_slice(batch_size, process_index, process_count)
+  num_train = dataset_info(config).num_train
   step = start_step
   while True:
-    ids = train_indices(config.seed, config.data.num_train, step, batch_size)
+    ids = train_indices(config.seed, num_train, step, batch_size)
     yield load_examples(config, ids[local])
     step += 1
 
 
 def test_batches(config, count: int, batch_size: int) -> Iterator[dict]:
   """Yield the first `count` test examples in batches of `batch_size`."""
+  if config.data.name in REAL_DATASETS:
+    available = dataset_info(config).num_test
+    if count > available:
+      raise InputError(
+        f'{count} test images requested but {config.data.name} holds out '
+        f'{available}; lower sample.num_images (or --num_images), or hold '
+        'out more images.'
+      )
   for start in range(0, count, batch_size):
     size = min(batch_size, count - start)
     yield load_examples(config, test_indices(start, size))
