@@ -224,6 +224,35 @@ def restore_generator(workdir, step_number):
   )
 
 
+def check_evaluable(config, num_images=None) -> int:
+  """Return the number of images to score, or raise why the run cannot be.
+
+  Raises:
+    InputError: a non-positive count, a real data set with fewer held-out
+      images than that count, or any other real data set.
+  """
+  count = num_images or config.evaluate.num_images
+  if count <= 0:
+    raise InputError(f'--num_images={count} must be positive.')
+  if config.data.name != 'synthetic':
+    # Figures from a handful of held-out faces would mean nothing, so a
+    # small real set (such as the four-face CelebAMask-HQ sample) is
+    # rejected for that reason first.
+    held_out = pipeline.dataset_info(config).num_test
+    if held_out < count:
+      raise InputError(
+        f"too few held-out images: data.name='{config.data.name}' has "
+        f'{held_out} and the evaluator scores {count} '
+        '(evaluate.num_images or --num_images); evaluate a run on a larger '
+        'data set.'
+      )
+    raise InputError(
+      f"data.name='{config.data.name}': this version evaluates runs on the "
+      'synthetic set only, because it needs counterfactual faces.'
+    )
+  return count
+
+
 def evaluate_run(
   workdir,
   step=None,
@@ -232,17 +261,12 @@ def evaluate_run(
   output=None,
 ) -> dict:
   """Score the run in `workdir`; write and return the report."""
+  count = check_evaluable(
+    checkpoint.load_run_record(workdir)['config'], num_images
+  )
   config, attributes, networks, restored_step, g_params = restore_generator(
     workdir, step
   )
-  if config.data.name != 'synthetic':
-    raise InputError(
-      f"data.name='{config.data.name}': this version evaluates runs on the "
-      'synthetic set only.'
-    )
-  count = num_images or config.evaluate.num_images
-  if count <= 0:
-    raise InputError(f'--num_images={count} must be positive.')
   classifier_dir = classifier_dir or Path.home() / '.cache/cganjax/classifiers'
   judge, judge_params, meta = load_or_train_judge(
     config, attributes, classifier_dir

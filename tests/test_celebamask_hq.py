@@ -3,6 +3,7 @@
 Fixtures are written in the data set's own layout into temporary folders.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from conftest import make_tiny_config, saved_steps
 from PIL import Image
 
-from cganjax import train
+from cganjax import checkpoint, evaluation, train
 from cganjax.data import celebamask_hq as hq
 from cganjax.data import parts, pipeline, store
 from cganjax.errors import InputError
@@ -484,3 +485,33 @@ def test_prepare_command(tmp_path):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith('prepare.py: error: data.dir=')
   assert 'lacks CelebA-HQ-img' in last
+
+
+def test_evaluator_rejects_too_few_held_out_images(tmp_path):
+  config = fixture_config(tmp_path)  # 1 held-out face.
+  with pytest.raises(InputError, match='too few held-out images.* has 1 and'):
+    evaluation.check_evaluable(config)
+  # With as many held-out images as requested, the reason is the data set.
+  with pytest.raises(InputError, match='synthetic set only'):
+    evaluation.check_evaluable(config, num_images=1)
+
+
+def test_evaluate_command_rejects_the_sample_size_in_one_line(tmp_path):
+  config = fixture_config(tmp_path)
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  # The evaluator checks the recorded config before it restores anything.
+  (workdir / checkpoint.RECORD_NAME).write_text(
+    json.dumps({'config': config.to_dict(), 'attributes': list(NAMES)})
+  )
+  result = subprocess.run(
+    [sys.executable, '-m', 'cganjax.evaluate', f'--workdir={workdir}'],
+    capture_output=True,
+    text=True,
+    cwd=Path(__file__).resolve().parents[1],
+    timeout=300,
+  )
+  assert result.returncode == 2
+  errors = [line for line in result.stderr.splitlines() if 'error:' in line]
+  assert len(errors) == 1 and 'too few held-out images' in errors[0]
+  assert not (workdir / 'eval').exists()
