@@ -3,7 +3,7 @@ r"""Compare the evaluator's figures of several runs, grouped by variant.
   python -m cganjax.compare /tmp/ablation/baseline_0 /tmp/ablation/baseline_1 \
       /tmp/ablation/style_0 /tmp/ablation/style_1
 
-Each work directory must hold the report of `python -m cganjax.evaluate`
+Each work directory must contain the report of `python -m cganjax.evaluate`
 (`eval/step_<step>.json`; the newest step is read). Runs are grouped by
 their directory name with a trailing `_<seed>` removed, so `style_0` and
 `style_1` are two seeds of `style`. For each group the table gives the mean
@@ -41,7 +41,7 @@ _OUT = flags.DEFINE_string(
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-  """The runs of one variant and their figures, one row per run."""
+  """Runs of one variant and their figures, one row per run."""
 
   name: str
   workdirs: tuple[str, ...]
@@ -60,7 +60,7 @@ def read_report(workdir) -> dict:
   reports = sorted(folder.glob('step_*.json'), key=_report_step)
   if not reports:
     raise InputError(
-      f'{folder} holds no step_<step>.json; run python -m cganjax.evaluate '
+      f'{folder} contains no step_<step>.json; run python -m cganjax.evaluate '
       f'--workdir={workdir} first.'
     )
   path = reports[-1]
@@ -105,12 +105,12 @@ def group_runs(workdirs) -> list[Group]:
 
 
 def ranges_overlap(a: np.ndarray, b: np.ndarray) -> bool:
-  """Whether the closed ranges [min a, max a] and [min b, max b] meet."""
+  """Return whether the ranges [min a, max a] and [min b, max b] meet."""
   return bool(a.min() <= b.max() and b.min() <= a.max())
 
 
 def markdown_table(groups: list[Group]) -> str:
-  """Format the groups as a markdown table; the first is the reference."""
+  """Format the groups as a markdown table with the first as reference."""
   header = ['variant', 'seeds'] + [title for _, title, _ in FIGURES]
   lines = [
     '| ' + ' | '.join(header) + ' |',

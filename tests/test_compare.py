@@ -42,7 +42,7 @@ def test_groups_by_name_and_reads_the_newest_report(tmp_path):
   np.testing.assert_allclose(groups[1].figures['counterfactual_l1'], 0.5)
   table = compare.markdown_table(groups)
   rows = {line.split(' | ')[0].strip('| '): line for line in table.splitlines()}
-  # Edit accuracy: base 0.6 over [0.5, 0.7]; style 0.85 over [0.8, 0.9],
+  # Edit accuracy: base 0.6 over [0.5, 0.7] and style 0.85 over [0.8, 0.9],
   # which does not overlap, while the other figures are equal (overlap).
   assert '| 0.600 [0.500, 0.700] |' in rows['base']
   assert '| 0.850 [0.800, 0.900] |' in rows['style']
@@ -60,7 +60,7 @@ def test_missing_report_is_an_input_error(tmp_path):
     compare.group_runs([tmp_path / 'run_0'])
 
 
-def test_command_writes_the_table_and_fails_in_one_line(tmp_path):
+def test_command_writes_table_and_fails_in_one_line(tmp_path):
   write_report(tmp_path / 'base_0', 10, [1.0, 1.0])
   out = tmp_path / 'table.md'
   command = [sys.executable, '-m', 'cganjax.compare']
