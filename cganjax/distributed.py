@@ -46,7 +46,7 @@ FATAL_MARKER = (
 TAIL_BYTES = 1 << 16
 RESTART_HINT = (
   'restart every process with the same flags and --workdir to resume from '
-  'the newest checkpoint'
+  'the newest checkpoint.'
 )
 # Environment variables of SLURM that jax.distributed.initialize reads.
 SLURM_VARIABLES = (
@@ -339,7 +339,7 @@ def stop_after_step_failure(error: BaseException) -> None:
 
 
 def _parse_process_ids(text: str) -> list[int]:
-  """Return the ids of the tasks that JAX's message says stopped."""
+  """Return the ids of the tasks that JAX's message lists as stopped."""
   ids = set()
   # 'The following tasks are unhealthy (stopped sending heartbeats):\n1\n2'
   listed = re.search(
@@ -364,15 +364,18 @@ def describe_fatal_error(text: str, process_id: int | None) -> str:
     return (
       'could not join the run: the coordinator did not answer within the '
       'initialization timeout; check --coordinator_address and start '
-      'process 0'
+      'process 0.'
     )
   lost = [i for i in _parse_process_ids(text) if i != process_id]
   if lost:
     names = ', '.join(str(i) for i in lost)
-    noun = 'process' if len(lost) == 1 else 'processes'
+    if len(lost) == 1:
+      subject = f'lost process {names}: it'
+    else:
+      subject = f'lost processes {names}: they'
     return (
-      f'lost {noun} {names}: it stopped sending heartbeats to the JAX '
-      f'coordination service; {RESTART_HINT}'
+      f'{subject} stopped sending heartbeats to the JAX coordination '
+      f'service; {RESTART_HINT}'
     )
   coordinator_gone = (
     'Failed to send RPC to coordination service' in text
@@ -429,10 +432,10 @@ def _relay(read_fd: int) -> bytes:
 
 @dataclasses.dataclass(frozen=True)
 class ChildResult:
-  """How the training child of `supervise` ended."""
+  """End state of the training child of `supervise`."""
 
   exit_code: int
-  # Why JAX's coordination client stopped the child, or None.
+  # Reason that JAX's coordination client stopped the child, or None.
   fatal_error: str | None
 
 

@@ -2,10 +2,10 @@
 
   python tests/multihost_worker.py PROCESS_ID PORT WORKDIR OUT
 
-Joins a run of two CPU processes (gloo on 127.0.0.1:PORT, two devices each),
-trains the tiny test config in WORKDIR the way `cganjax.main` does, and
-saves this process's copy of the final state to OUT (.npz) with the example
-ids that it loaded.
+Joins a run of two CPU processes (gloo on 127.0.0.1:PORT, two devices each)
+and trains the tiny test config in WORKDIR the way `cganjax.main` does.
+Then saves this process's copy of the final state to OUT (.npz), with the
+example ids that the process loaded.
 """
 
 import os
@@ -17,7 +17,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from conftest import make_tiny_config  # noqa: E402
 
-# conftest asks for 8 devices; each process of this run has 2.
+# conftest sets 8 devices, but each process of this run has 2.
 os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
 
 import jax  # noqa: E402
