@@ -220,6 +220,8 @@ def initialize(options: Options) -> bool:
     detected = cluster_environment()
     if options.mode == 'auto' and not options.has_explicit_peers():
       if detected == 'Cloud TPU':
+        # NOTE: no test runs this branch, because libtpu is not installed
+        # where the tests run.
         logging.warning(
           'libtpu is installed, but JAX found no TPU pod slice (%s); '
           'running as one process.',

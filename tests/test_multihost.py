@@ -342,10 +342,18 @@ def subprocess_env(cache_dir=None, devices=1) -> dict:
 
 
 def run_main(*args, timeout=120) -> subprocess.CompletedProcess:
+  env = subprocess_env()
+  # Without a launcher's variables, so that nothing describes a run.
+  for name in (
+    *SLURM_TWO_TASKS,
+    'JAX_COORDINATOR_ADDRESS',
+    'OMPI_MCA_orte_hnp_uri',
+  ):
+    env.pop(name, None)
   return subprocess.run(
     [sys.executable, '-m', 'cganjax.main', *args],
     cwd=REPO_ROOT,
-    env=subprocess_env(),
+    env=env,
     capture_output=True,
     text=True,
     timeout=timeout,
@@ -377,6 +385,18 @@ def test_main_rejects_bad_coordinator_address(tmp_path):
   )
   assert result.returncode == 2, result.stderr[-3000:]
   assert "--coordinator_address='127.0.0.1' is invalid" in result.stderr
+
+
+def test_main_distributed_on_without_peers_exits_2(tmp_path):
+  result = run_main(
+    *TINY_RUN_FLAGS, f'--workdir={tmp_path / "run"}', '--distributed=on'
+  )
+  assert result.returncode == 2, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1, result.stderr[-3000:]
+  assert 'cannot join a multi-process run' in lines[0]
+  assert '--coordinator_address' in lines[0]
+  assert not (tmp_path / 'run').exists()
 
 
 def fake_gcloud_path(tmp_path) -> tuple[dict, Path]:
