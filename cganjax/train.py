@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from cganjax import checkpoint, samples, step
+from cganjax import checkpoint, distributed, samples, step
 from cganjax.data import pipeline
 from cganjax.errors import InputError
 
@@ -57,7 +57,8 @@ def check_workdir(workdir) -> Path:
   path = Path(workdir)
   try:
     path.mkdir(parents=True, exist_ok=True)
-    probe = path / '.write_probe'
+    # One probe per process, because processes share the work directory.
+    probe = path / f'.write_probe.{jax.process_index()}'
     probe.write_text('')
     probe.unlink()
   except OSError as error:
@@ -200,18 +201,57 @@ def dump_sample_maps(config, manager, workdir, current: int) -> None:
   logging.info('Wrote the activation maps of step %d to %s.', current, out)
 
 
+def latest_step_of_all_processes(manager, workdir) -> int | None:
+  """Return the newest checkpoint step, the same one for every process.
+
+  Raises:
+    WorkdirError: when the processes see different newest steps, as they do
+      when the work directory is not one shared file system.
+  """
+  latest = manager.latest_step()
+  seen = distributed.gather_from_processes(-1 if latest is None else latest)
+  if len(set(seen)) > 1:
+    shown = ', '.join(
+      f'process {i}: {"none" if s < 0 else s}' for i, s in enumerate(seen)
+    )
+    raise checkpoint.WorkdirError(
+      f'the processes see different newest checkpoints in {workdir} '
+      f'({shown}); put --workdir on a file system that every process shares.'
+    )
+  return latest
+
+
+def check_process_rows(mesh, batch_size: int) -> None:
+  """Check that this process's devices hold the rows that it loads.
+
+  `pipeline.train_batches` loads the rows `pipeline.process_slice` of each
+  global batch, and `place_batch` puts them on this process's devices.
+  """
+  held = distributed.process_rows(step.batch_sharding(mesh), batch_size)
+  loaded = pipeline.process_slice(
+    batch_size, jax.process_index(), jax.process_count()
+  )
+  if (held.start, held.stop) != (loaded.start, loaded.stop):
+    raise distributed.DistributedError(
+      f'process {jax.process_index()} loads rows {loaded.start} to '
+      f'{loaded.stop - 1} of each batch, but its devices hold rows '
+      f'{held.start} to {held.stop - 1}.'
+    )
+
+
 def prepare_run(config, workdir):
   """Check inputs, open the work directory and restore or create the state."""
   validate_config(config)
   workdir = check_workdir(workdir)
   info = pipeline.dataset_info(config)
   networks = step.create_networks(config, info.attributes)
-  mesh = step.create_mesh()
+  mesh = step.create_mesh(distributed.mesh_devices())
 
   manager = checkpoint.checkpoint_manager(
     workdir, keep=config.train.keep_checkpoints
   )
-  resuming = manager.latest_step() is not None
+  latest = latest_step_of_all_processes(manager, workdir)
+  resuming = latest is not None
   if resuming:
     # Checked before the parameters are initialised so that a mismatch
     # fails at once.
@@ -222,7 +262,7 @@ def prepare_run(config, workdir):
   if resuming:
     target = checkpoint.abstract_like(state, step.replicated(mesh))
     restored_step, state = checkpoint.restore_state(
-      manager, None, target, workdir
+      manager, latest, target, workdir
     )
     logging.info('Resumed from the checkpoint of step %d.', restored_step)
   if jax.process_index() == 0:
@@ -248,6 +288,7 @@ def train_and_evaluate(config, workdir) -> step.TrainState:
   )
 
   train_step = step.make_train_step(config, networks, mesh)
+  check_process_rows(mesh, config.train.batch_size)
   batches = pipeline.prefetch(
     pipeline.train_batches(
       config, start, jax.process_index(), jax.process_count()
@@ -298,7 +339,9 @@ def train_and_evaluate(config, workdir) -> step.TrainState:
         check_nonfinite(state, config, manager, workdir)
 
       if is_time(current, config.train.sample_every, total) and is_main:
-        grid = np.asarray(grid_fn(state.g_ema_params, sample_batch))
+        # On a local copy, so that process 0 needs no other process.
+        g_ema_params = distributed.local_copy(state.g_ema_params)
+        grid = np.asarray(grid_fn(g_ema_params, sample_batch))
         samples.save_grid(grid, workdir / 'samples' / f'step_{current:07d}.png')
 
       maps_due = config.train.maps_every > 0 and is_time(
@@ -310,6 +353,12 @@ def train_and_evaluate(config, workdir) -> step.TrainState:
         logging.info('Saving the checkpoint of step %d.', current)
       if maps_due:
         dump_sample_maps(config, manager, workdir, current)
+  except Exception as error:
+    # Errors that every process raises together end the run as usual.
+    shared = isinstance(error, (InputError, NonFiniteError))
+    if jax.process_count() > 1 and not shared:
+      distributed.stop_after_step_failure(error)
+    raise
   finally:
     manager.wait_until_finished()
     writer.close()
