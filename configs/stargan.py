@@ -22,7 +22,9 @@ import ml_collections
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from configs import synthetic  # noqa: E402
 
-ATTRIBUTES = ('Black_Hair', 'Blond_Hair', 'Brown_Hair', 'Male', 'Pale_Skin')
+# A list, not a tuple, so that it compares equal to its JSON copy in the run
+# record when a run resumes.
+ATTRIBUTES = ['Black_Hair', 'Blond_Hair', 'Brown_Hair', 'Male', 'Pale_Skin']
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -32,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model.arch = 'stargan'  # 'cganjax' (default) or 'stargan'.
   # Data set attributes that G is conditioned on and D classifies.
-  config.model.attributes = ATTRIBUTES
+  config.model.attributes = list(ATTRIBUTES)
   config.model.g_base_channels = 64
   config.model.g_res_blocks = 6
   config.model.d_base_channels = 64
