@@ -50,6 +50,123 @@ LEAKY_SLOPE = 0.01
 NORM_EPSILON = 1e-5  # Instance norm epsilon, as in PyTorch's InstanceNorm2d.
 
 
+STRIDED_CONVS = ('lax', 'stride_free')
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def space_to_depth(x: jax.Array) -> jax.Array:
+  """[B, H, W, C] -> [B, H/2, W/2, 4C], channels ordered (row, column, c)."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // 2, w // 2, 4 * c)
+
+
+class DownConv(nn.Module):
+  """4x4 convolution with stride 2 and padding 1: H -> H / 2.
+
+  With `strided_conv='stride_free'` it runs as one matrix product: kernel
+  row 2q + d meets padded input row 2(o + q) + d, which is row o + q,
+  sub-row d after space-to-depth, so the 2x2 neighbourhoods of the
+  space-to-depth input, side by side, times the folded kernel give the
+  output. The result and the FLOPs are those of the strided convolution,
+  but XLA's CPU backend computes the first and second derivatives of a
+  matrix product much faster than those of a strided convolution (see
+  BENCHMARKS.md).
+  The parameters are the same either way: a [4, 4, in, out] kernel and an
+  optional bias.
+  """
+
+  features: int
+  use_bias: bool = True
+  strided_conv: str = 'stride_free'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    kernel = self.param(
+      'kernel',
+      nn.initializers.lecun_normal(),
+      (4, 4, channels, self.features),
+    )
+    if self.strided_conv == 'lax':
+      y = jax.lax.conv_general_dilated(
+        x, kernel, (2, 2), ((1, 1), (1, 1)), dimension_numbers=_NHWC
+      )
+    else:
+      blocks = space_to_depth(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))
+      _, rows, columns, _ = blocks.shape
+      # The 2x2 taps side by side on the channel axis: (q_row, q_col,
+      # d_row, d_col, c), the order of the folded kernel below.
+      patches = jnp.concatenate(
+        [
+          blocks[:, q_row : rows - 1 + q_row, q_col : columns - 1 + q_col]
+          for q_row in (0, 1)
+          for q_col in (0, 1)
+        ],
+        axis=-1,
+      )
+      # (q_row, d_row, q_col, d_col, c, f) -> (q_row, q_col, d_row, d_col,
+      # c, f), matching the channel order of space_to_depth.
+      folded = kernel.reshape(2, 2, 2, 2, channels, self.features)
+      folded = folded.transpose(0, 2, 1, 3, 4, 5)
+      folded = folded.reshape(16 * channels, self.features)
+      y = jnp.dot(patches, folded)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,))
+    return y
+
+
+class UpConv(nn.Module):
+  """4x4 transposed convolution with stride 2 and padding 1: H -> 2H.
+
+  The output is that of `jax.lax.conv_transpose(x, kernel, (2, 2),
+  ((2, 2), (2, 2)))`, a PyTorch ConvTranspose2d with kernel 4, stride 2 and
+  padding 1 up to the kernel's orientation. With `strided_conv=
+  'stride_free'` each of the 4 output phases (even or odd row and column)
+  is a 2x2 stride-1 convolution of the input with the kernel taps of that
+  phase: output row 2m takes input rows m - 1 and m with kernel rows 0
+  and 2, output row 2m + 1 takes rows m and m + 1 with kernel rows 1 and 3.
+  This skips the zeros that the stride dilation inserts, so the FLOPs are
+  the transposed convolution's, and it avoids the slow weight gradient of
+  an input-dilated convolution on XLA's CPU backend.
+  """
+
+  features: int
+  strided_conv: str = 'stride_free'
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    kernel = self.param(
+      'kernel',
+      nn.initializers.lecun_normal(),
+      (4, 4, channels, self.features),
+    )
+    if self.strided_conv == 'lax':
+      return jax.lax.conv_transpose(
+        x, kernel, (2, 2), ((2, 2), (2, 2)), dimension_numbers=_NHWC
+      )
+    b, h, w, _ = x.shape
+    padding = {0: (1, 0), 1: (0, 1)}
+    rows = []
+    for row in (0, 1):
+      columns = []
+      for column in (0, 1):
+        taps = kernel[row::2, column::2]
+        columns.append(
+          jax.lax.conv_general_dilated(
+            x,
+            taps,
+            (1, 1),
+            (padding[row], padding[column]),
+            dimension_numbers=_NHWC,
+          )
+        )
+      rows.append(jnp.stack(columns, axis=3))  # [B, H, W, 2, F]
+    y = jnp.stack(rows, axis=2)  # [B, H, 2, W, 2, F]
+    return y.reshape(b, 2 * h, 2 * w, self.features)
+
+
 def _instance_norm() -> nn.Module:
   return nn.InstanceNorm(epsilon=NORM_EPSILON, use_scale=True, use_bias=True)
 
@@ -79,6 +196,7 @@ class Generator(models._Tapped):
   attribute_columns: tuple[int, ...]
   base_channels: int = 64
   res_blocks: int = 6
+  strided_conv: str = 'stride_free'  # One of STRIDED_CONVS.
   noise_dim: int = 0  # No noise input; kept for the shared interface.
 
   @nn.compact
@@ -102,9 +220,7 @@ class Generator(models._Tapped):
     h = nn.relu(_instance_norm()(h))
     for level in (1, 2):
       channels *= 2
-      h = nn.Conv(channels, (4, 4), strides=(2, 2), padding=1, use_bias=False)(
-        h
-      )
+      h = DownConv(channels, use_bias=False, strided_conv=self.strided_conv)(h)
       h = nn.relu(_instance_norm()(h))
       h = self.tap(f'down{level}', h)
 
@@ -114,11 +230,7 @@ class Generator(models._Tapped):
 
     for level in (1, 2):
       channels //= 2
-      # Padding 2 = kernel - 1 - 1 on the stride-dilated input doubles the
-      # size, like a PyTorch ConvTranspose2d with kernel 4, stride 2, pad 1.
-      h = nn.ConvTranspose(
-        channels, (4, 4), strides=(2, 2), padding=2, use_bias=False
-      )(h)
+      h = UpConv(channels, strided_conv=self.strided_conv)(h)
       h = nn.relu(_instance_norm()(h))
       h = self.tap(f'up{level}', h)
 
@@ -139,13 +251,14 @@ class Discriminator(models._Tapped):
   num_attributes: int
   base_channels: int = 64
   levels: int = 6
+  strided_conv: str = 'stride_free'  # One of STRIDED_CONVS.
 
   @nn.compact
   def __call__(self, image: jax.Array) -> tuple[jax.Array, jax.Array]:
     h = image
     for level in range(1, self.levels + 1):
       channels = self.base_channels * 2 ** (level - 1)
-      h = nn.Conv(channels, (4, 4), strides=(2, 2), padding=1)(h)
+      h = DownConv(channels, strided_conv=self.strided_conv)(h)
       h = nn.leaky_relu(h, LEAKY_SLOPE)
       h = self.tap(f'block{level}', h)
 
@@ -195,17 +308,24 @@ def create_models(config, attributes) -> tuple[Generator, Discriminator]:
       f'{2**model.d_levels} (and by 4 for G); choose a multiple of '
       f'{max(2**model.d_levels, 4)} or fewer levels.'
     )
+  if model.strided_conv not in STRIDED_CONVS:
+    raise InputError(
+      f'model.strided_conv={model.strided_conv!r} is not supported; use one '
+      f'of {", ".join(STRIDED_CONVS)}.'
+    )
   columns = attribute_columns(config, attributes)
   generator = Generator(
     num_attributes=len(attributes),
     attribute_columns=columns,
     base_channels=model.g_base_channels,
     res_blocks=model.g_res_blocks,
+    strided_conv=model.strided_conv,
   )
   discriminator = Discriminator(
     num_attributes=len(columns),
     base_channels=model.d_base_channels,
     levels=model.d_levels,
+    strided_conv=model.strided_conv,
   )
   return generator, discriminator
 
