@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from cganjax import step
@@ -231,7 +230,3 @@ def median_rate(call, count_per_call: int, runs: int) -> tuple[float, list]:
 def random_images(batch: int, size: int, seed: int = 0) -> np.ndarray:
   rng = np.random.default_rng(seed)
   return rng.integers(0, 256, (batch, size, size, 3), np.uint8)
-
-
-def zeros_like_tree(tree):
-  return jax.tree.map(jnp.zeros_like, tree)

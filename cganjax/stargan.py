@@ -12,9 +12,9 @@ convolution but the last, ReLU:
   two 4x4 stride-2 transposed convs (2C, C), 7x7 conv to 3, tanh.
 Discriminator, no normalisation, leaky ReLU with slope 0.01:
   `levels` 4x4 stride-2 convs from C channels, doubling at each,
-  a 3x3 conv to 1 channel (realness of each patch), and a conv whose kernel
-  covers the whole final feature map (image_size / 2**levels) to the
-  attribute logits.
+  a 3x3 conv to 1 channel (realness of each patch),
+  a conv to the attribute logits whose kernel covers the final feature map
+  (image_size / 2**levels on a side).
 
 Losses, with x the real image, c its labels and c' the target labels:
   D: -mean D_src(x) + mean D_src(G(x, c')) + w_cls * BCE(D_cls(x), c)
@@ -64,9 +64,9 @@ def space_to_depth(x: jax.Array) -> jax.Array:
 class DownConv(nn.Module):
   """4x4 convolution with stride 2 and padding 1: H -> H / 2.
 
-  With `strided_conv='stride_free'` it runs as one matrix product: kernel
+  With `strided_conv='stride_free'` it runs as one matrix product. Kernel
   row 2q + d meets padded input row 2(o + q) + d, which is row o + q,
-  sub-row d after space-to-depth, so the 2x2 neighbourhoods of the
+  sub-row d after space-to-depth. So the 2x2 neighbourhoods of the
   space-to-depth input, side by side, times the folded kernel give the
   output. The result and the FLOPs are those of the strided convolution,
   but XLA's CPU backend computes the first and second derivatives of a

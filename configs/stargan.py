@@ -3,10 +3,11 @@ r"""StarGAN at 128x128 on the synthetic face set, with StarGAN's settings.
   python -m cganjax.main --config=configs/stargan.py --workdir=/tmp/stargan
 
 The networks, losses and optimiser follow the StarGAN paper (Choi et al.,
-CVPR 2018): 64 base channels, 6 residual blocks in G, 6 strided 4x4
-convolutions in D, WGAN-GP with weight 10, classification weight 1,
-reconstruction weight 10, Adam 1e-4 with betas 0.5 and 0.999, batch 16, and
-5 D updates per G update. StarGAN's usual 5 CelebA attributes are
+CVPR 2018). G has 64 base channels and 6 residual blocks, D has 6 strided
+4x4 convolutions. The losses are WGAN-GP with penalty weight 10,
+classification with weight 1 and reconstruction with weight 10. Adam runs
+at 1e-4 with betas 0.5 and 0.999, on batches of 16, with 5 D updates per G
+update. StarGAN's usual 5 CelebA attributes are
 Black_Hair, Blond_Hair, Brown_Hair, Male and Young. The synthetic set has no
 Young, so Pale_Skin, another change of the whole face's appearance, takes
 its place. The benchmarks set train.n_critic=1 to time one D and one G update

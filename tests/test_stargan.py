@@ -262,8 +262,10 @@ def test_one_and_two_devices_agree():
   config = tiny_config()
   config.train.n_critic = 1
   batches = [random_batch(2)]
-  _, one, _ = run(config, jax.devices()[:1], batches)
-  _, two, _ = run(config, jax.devices()[:2], batches)
+  _, one_device, _ = run(config, jax.devices()[:1], batches)
+  _, two_devices, _ = run(config, jax.devices()[:2], batches)
   for name in ('g_params', 'd_params'):
-    difference = max_difference(getattr(one[0], name), getattr(two[0], name))
+    difference = max_difference(
+      getattr(one_device[0], name), getattr(two_devices[0], name)
+    )
     assert difference < 1e-5, (name, difference)
