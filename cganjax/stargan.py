@@ -466,6 +466,8 @@ def local_step(config, networks, feature_params, state, batch):
     # metrics are averaged inside), as a cond under shard_map requires.
     shapes = jax.eval_shape(update_g, None)
 
+    # NOTE: G's losses read 0 on steps without a G update, so their means
+    # over a logging period are 1 / n_critic of the updates' losses.
     def skip_g(_):
       metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[3])
       return state.g_params, state.g_opt_state, jnp.array(True), metrics
