@@ -52,12 +52,17 @@ class Networks:
 
 def create_networks(config, attributes) -> Networks:
   """Build the networks of `model.arch` ('cganjax' or 'stargan')."""
-  if config.model.get('arch', 'cganjax') == 'stargan':
+  arch = config.model.get('arch', 'cganjax')
+  if arch == 'stargan':
     from cganjax import stargan  # It imports this module.
 
     generator, discriminator = stargan.create_models(config, attributes)
-  else:
+  elif arch == 'cganjax':
     generator, discriminator = models.create_models(config, len(attributes))
+  else:
+    raise InputError(
+      f"model.arch={arch!r} is not supported; use 'cganjax' or 'stargan'."
+    )
   optim = config.optim
   g_optimizer = optax.adam(optim.g_learning_rate, b1=optim.b1, b2=optim.b2)
   d_optimizer = optax.adam(optim.d_learning_rate, b1=optim.b1, b2=optim.b2)

@@ -201,6 +201,10 @@ def test_invalid_settings_raise():
   with pytest.raises(InputError, match='strided_conv'):
     step.create_networks(config, stargan_config.ATTRIBUTES)
   config = tiny_config()
+  config.model.arch = 'biggan'
+  with pytest.raises(InputError, match="model.arch='biggan'"):
+    step.create_networks(config, stargan_config.ATTRIBUTES)
+  config = tiny_config()
   config.train.n_critic = 0
   with pytest.raises(InputError, match='n_critic'):
     step.validate_loss_config(config)
