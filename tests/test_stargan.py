@@ -266,10 +266,22 @@ def test_one_and_two_devices_agree():
   config = tiny_config()
   config.train.n_critic = 1
   batches = [random_batch(2)]
-  _, one_device, _ = run(config, jax.devices()[:1], batches)
-  _, two_devices, _ = run(config, jax.devices()[:2], batches)
+  _, one_device, one_metrics = run(config, jax.devices()[:1], batches)
+  _, two_devices, two_metrics = run(config, jax.devices()[:2], batches)
+  for name, value in one_metrics[0].items():
+    assert two_metrics[0][name] == pytest.approx(value, rel=1e-5, abs=1e-6)
+  # Adam's first step is lr * g / |g| per entry, so a gradient entry near 0
+  # turns rounding differences into a sign: such entries may differ by
+  # 2 * lr. Instance norm makes many of G's gradient entries near 0 (0.4%
+  # flip in this tiny G); a real difference in the step would flip most.
+  learning_rate = config.optim.g_learning_rate
   for name in ('g_params', 'd_params'):
-    difference = max_difference(
-      getattr(one_device[0], name), getattr(two_devices[0], name)
+    one = np.concatenate(
+      [np.ravel(x) for x in jax.tree.leaves(getattr(one_device[0], name))]
     )
-    assert difference < 1e-5, (name, difference)
+    two = np.concatenate(
+      [np.ravel(x) for x in jax.tree.leaves(getattr(two_devices[0], name))]
+    )
+    difference = np.abs(one - two)
+    assert float(np.max(difference)) <= 2 * learning_rate + 1e-6, name
+    assert np.mean(difference > 1e-5) < 1e-2, name
