@@ -197,7 +197,11 @@ def check_prefetch(setup, compiled, state, steps: int) -> None:
   batches) followed by `train.device_prefetch` (batches placed on the
   devices ahead of use), exactly as in `train.train_and_evaluate`.
   """
-  from cganjax import train
+  try:
+    from cganjax import train  # Needs Pillow, for the sample grids.
+  except ImportError as error:
+    print(f'prefetch: not checked, the training loop failed to import: {error}')
+    return
 
   config = setup.config
   if config.model.get('arch', 'cganjax') == 'stargan':
@@ -246,8 +250,12 @@ def write_trace(setup, compiled, state, trace_dir: str, steps: int) -> None:
 
 def maps_rate(tiny: bool, runs: int) -> None:
   """Maps per second of the batched Grad-CAM path of maps_throughput."""
-  from benchmarks import maps_throughput
-  from cganjax import maps
+  try:
+    from benchmarks import maps_throughput
+    from cganjax import maps  # Imports Pillow, for the PNG overlays.
+  except ImportError as error:
+    print(f'maps: not timed, the maps module failed to import: {error}')
+    return
 
   batch_size, image_size, channels = (2, 32, 4) if tiny else (16, 64, 16)
   spec, d_params = maps_throughput.build(image_size, channels)
