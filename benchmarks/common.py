@@ -26,9 +26,9 @@ from configs import synthetic as synthetic_config  # noqa: E402
 CONFIGS = ('synthetic', 'stargan')
 
 # Dense peak TFLOP/s per device by `device_kind`, for the number format
-# that JAX uses for float32 products at each `jax_default_matmul_precision`:
-# on Hopper GPUs 'default' and 'high' run them as TF32 and 'highest' as
-# float32; on TPUs 'default' is one bfloat16 pass. Sources: H100 SXM
+# that JAX uses for float32 products at each `jax_default_matmul_precision`.
+# On Hopper GPUs 'default' and 'high' run them as TF32 and 'highest' as
+# float32. On TPUs 'default' is one bfloat16 pass. Sources: H100 SXM
 # figures from NVIDIA's data sheet as tabulated at
 # glennklockwood.com/garden/processors/h100 (the H200 has the same compute),
 # TPU v5e from Google Cloud's TPU v5e page. Sparsity is not counted.
@@ -96,7 +96,7 @@ def load_config(
 
 
 def dataset_attributes(config) -> tuple[str, ...]:
-  """The attribute names of the benchmark's batches.
+  """Return the attribute names of the benchmark's batches.
 
   StarGAN is timed on exactly its configured attributes, so that G's input
   and D's head have the widths of StarGAN's own runs.
@@ -107,7 +107,7 @@ def dataset_attributes(config) -> tuple[str, ...]:
 
 
 def synthetic_batch(config, attributes) -> dict:
-  """One global batch of synthetic faces with the given attribute columns."""
+  """Render one global batch of synthetic faces with these attributes."""
   size = config.train.batch_size
   examples = pipeline.load_examples(config, np.arange(size))
   columns = [synthetic.SYNTHETIC_ATTRIBUTES.index(a) for a in attributes]

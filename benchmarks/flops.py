@@ -157,10 +157,11 @@ def pytorch_extra_flops(networks, d_params, batch_size: int, size: int):
     with respect to G's parameters never computes them.
   - In the double backward of the gradient penalty, PyTorch's autograd
     differentiates the leaky ReLU's backward with respect to its saved
-    input as a tensor of zeros (assumed from the size of the gap, not
-    read in PyTorch's source here), and propagates it through the
-    forward pass of D on the interpolates: a weight and an input gradient
-    of every trunk convolution. JAX drops the zero cotangent.
+    input as a tensor of zeros. It propagates that through the forward
+    pass of D on the interpolates: a weight and an input gradient of
+    every trunk convolution. JAX drops the zero cotangent.
+    NOTE: this cause is inferred from the size of the gap, which it
+    matches to the MFLOP, and was not read in PyTorch's source.
   """
   image = jax.ShapeDtypeStruct((batch_size, size, size, 3), 'float32')
   discriminator = networks.discriminator
