@@ -1,20 +1,23 @@
-r"""Latency of editing after the model is loaded: one image, and 64 at once.
+r"""Latency of the editing API after the model is loaded: 1 and 64 images.
 
   python -m benchmarks.edit_latency               # from the repository root
-  python -m benchmarks.edit_latency --workdir=/tmp/demo
+  python -m benchmarks.edit_latency --workdir=/tmp/cganjax_demo
 
-Without --workdir the model is that of configs/synthetic.py (64x64 images)
-with random weights, because the latency does not depend on the weight
-values. Three figures, each the median of --repeats timed runs after one
-untimed run that compiles:
+Without --workdir the script writes a fake run (the untrained state of
+configs/synthetic.py, 64x64, one checkpoint) to a temporary directory,
+because the latency does not depend on the weight values. It restores the
+run with `editing.Editor.load`, as `python -m cganjax.edit` does, and
+prints medians of --runs timed runs after one untimed run that compiles:
 
-  one image   `Editor.edit_image` on a 64x64 PNG with one edit. It
-              includes reading, the part mask, D's predictions before and
-              after, G, mapping back and compositing, but no file writes;
-  64 edits    `Editor.edit_image` on the same image with a sweep of 64
-              values, which runs G once on a batch of 64;
-  G+D on 64   `Editor.generate` and `Editor.predict` on 64 different
-              model inputs, the model alone.
+  1 image     `Editor.edit_image` on one PNG with a part mask and one edit:
+              reading, the mask, D's predictions before and after, G,
+              mapping back and compositing, but no file writes;
+  64 images   the same call on 64 different PNGs, one after another, as the
+              tool edits a folder;
+  64 edits    one image with a sweep of 64 values, which runs G once on a
+              batch of 64;
+  G+D on 64   `Editor.generate` and `Editor.predict` on 64 model inputs,
+              the networks alone.
 """
 
 import argparse
@@ -24,100 +27,62 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 from PIL import Image
 
-from cganjax import editing, models, restore, step
+from benchmarks import common
+from cganjax import checkpoint, editing, step
 from cganjax.data import synthetic
-from configs import synthetic as synthetic_config
 
 BATCH = 64
+MASK = 'mouth,u_lip,l_lip'
 
 
-def random_params(shapes, seed: int):
-  """Kernels ~ N(0, 1 / fan_in), other parameters ~ N(0, 0.05**2)."""
-  rng = np.random.default_rng(seed)
-
-  def draw(path, shape):
-    name = str(getattr(path[-1], 'key', path[-1]))
-    if name == 'kernel':
-      scale = 1.0 / np.sqrt(np.prod(shape.shape[:-1]))
-    else:
-      scale = 0.05
-    return (scale * rng.standard_normal(shape.shape)).astype(shape.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
-def fresh_editor() -> editing.Editor:
-  config = synthetic_config.get_config()
+def make_fake_run(config, workdir) -> None:
+  """Write a run record and one checkpoint of an untrained state."""
   attributes = synthetic.SYNTHETIC_ATTRIBUTES
   networks = step.create_networks(config, attributes)
-  shapes = jax.eval_shape(
-    lambda: models.init_params(
-      networks.generator,
-      networks.discriminator,
-      jax.random.key(0),
-      config.data.image_size,
-    )
-  )
-  g_params, d_params = (random_params(s, i) for i, s in enumerate(shapes))
-  abstract = jax.eval_shape(lambda: step.create_train_state(config, networks))
-  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
-  state = state.replace(
-    g_params=g_params, d_params=d_params, g_ema_params=g_params
-  )
-  run = restore.RestoredRun(config, tuple(attributes), networks, 0, state)
-  return editing.Editor(run, workdir='(random weights)')
+  state = step.create_train_state(config, networks)
+  manager = checkpoint.checkpoint_manager(workdir, async_save=False)
+  manager.save(0, args=checkpoint.ocp.args.StandardSave(state))
+  manager.wait_until_finished()
+  manager.close()
+  record = checkpoint.make_run_record(config, attributes)
+  checkpoint.write_run_record(workdir, record)
 
 
-def median_seconds(fn, repeats: int) -> float:
-  fn()
+def write_faces(folder: Path, size: int, count: int) -> list[Path]:
+  """Write `count` synthetic faces and their label maps as PNG files."""
+  paths = []
+  for index in range(count):
+    example = synthetic.render(5, index, size)
+    path = folder / f'face{index}.png'
+    Image.fromarray(example['image']).save(path)
+    Image.fromarray(example['parts']).save(folder / f'face{index}_labels.png')
+    paths.append(path)
+  return paths
+
+
+def median_seconds(fn, runs: int) -> float:
+  fn()  # Compiles.
   times = []
-  for _ in range(repeats):
+  for _ in range(runs):
     started = time.perf_counter()
     fn()
     times.append(time.perf_counter() - started)
   return statistics.median(times)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument(
-    '--workdir', help='trained work directory; default: random weights'
-  )
-  parser.add_argument('--repeats', type=int, default=20)
-  args = parser.parse_args()
-
-  if args.workdir:
-    editor = editing.Editor.load(args.workdir)
-  else:
-    editor = fresh_editor()
+def timed_calls(editor: editing.Editor, folder: Path) -> dict:
+  """Return {label: function} of the calls this benchmark times."""
   size = editor.model_size
-  example = synthetic.render(5, 0, size)
-  folder = Path(tempfile.mkdtemp())
-  Image.fromarray(example['image']).save(folder / 'face.png')
-  Image.fromarray(example['parts']).save(folder / 'labels.png')
-  annotation = str(folder / 'labels.png')
-  mask = 'mouth,u_lip,l_lip'
+  faces = write_faces(folder, size, BATCH)
 
-  def one():
-    editor.edit_image(
-      folder / 'face.png', mask, ['Smiling=1'], parts_annotation=annotation
-    )
+  def edit(path, edits):
+    labels = path.with_name(path.stem + '_labels.png')
+    editor.edit_image(path, MASK, edits, parts_annotation=str(labels))
 
-  def sweep():
-    editor.edit_image(
-      folder / 'face.png',
-      mask,
-      [f'Smiling=0:2:{BATCH}'],
-      parts_annotation=annotation,
-    )
-
-  images = np.stack(
-    [synthetic.render(5, i, size)['image'] for i in range(BATCH)]
-  )
+  images = np.stack([np.asarray(Image.open(path)) for path in faces])
   masks = np.zeros((BATCH, size, size), bool)
   masks[:, size // 2 :, size // 4 : 3 * size // 4] = True
   targets = np.ones((BATCH, len(editor.attributes)), np.float32)
@@ -127,17 +92,47 @@ def main() -> None:
     editor.generate(images, masks, targets, noise)
     editor.predict(images)
 
-  print(
-    f'{size}x{size} model, {jax.device_count()} {jax.default_backend()} '
-    f'device(s), median of {args.repeats} runs after one untimed run'
+  return {
+    '1 image': lambda: edit(faces[0], ['Smiling=1']),
+    f'{BATCH} images': lambda: [edit(path, ['Smiling=1']) for path in faces],
+    f'{BATCH} edits of 1 image': lambda: edit(
+      faces[0], [f'Smiling=0:2:{BATCH}']
+    ),
+    f'G+D on {BATCH} inputs': model_only,
+  }
+
+
+def median_latency(workdir, count: int, runs: int) -> float:
+  """Median seconds to edit `count` (1 or 64) images of a run."""
+  editor = editing.Editor.load(workdir)
+  with tempfile.TemporaryDirectory() as folder:
+    calls = timed_calls(editor, Path(folder))
+    return median_seconds(calls['1 image' if count == 1 else '64 images'], runs)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument(
+    '--workdir', default='', help='Run to restore; default: a fake run.'
   )
-  for label, fn in (
-    ('one image, one edit', one),
-    (f'one image, {BATCH} edits (sweep)', sweep),
-    (f'G+D on {BATCH} model inputs', model_only),
-  ):
-    seconds = median_seconds(fn, args.repeats)
-    print(f'  {label:32s} {seconds * 1000:8.1f} ms')
+  parser.add_argument('--runs', type=int, default=5)
+  parser.add_argument('--tiny', action='store_true')
+  args = parser.parse_args()
+  with tempfile.TemporaryDirectory() as scratch:
+    workdir = args.workdir
+    if not workdir:
+      workdir = Path(scratch) / 'run'
+      make_fake_run(common.load_config('synthetic', tiny=args.tiny), workdir)
+    editor = editing.Editor.load(workdir)
+    print(
+      f'{editor.model_size}x{editor.model_size} model, median of {args.runs} '
+      'runs after one untimed run'
+    )
+    faces = Path(scratch) / 'faces'
+    faces.mkdir()
+    for label, fn in timed_calls(editor, faces).items():
+      seconds = median_seconds(fn, args.runs)
+      print(f'edit latency: {1000 * seconds:.1f} ms for {label}', flush=True)
   if 'tensorflow' in sys.modules:
     raise SystemExit('TensorFlow was imported, which editing must not do.')
 

@@ -51,7 +51,18 @@ class Networks:
 
 
 def create_networks(config, attributes) -> Networks:
-  generator, discriminator = models.create_models(config, len(attributes))
+  """Build the networks of `model.arch` ('cganjax' or 'stargan')."""
+  arch = config.model.get('arch', 'cganjax')
+  if arch == 'stargan':
+    from cganjax import stargan  # It imports this module.
+
+    generator, discriminator = stargan.create_models(config, attributes)
+  elif arch == 'cganjax':
+    generator, discriminator = models.create_models(config, len(attributes))
+  else:
+    raise InputError(
+      f"model.arch={arch!r} is not supported; use 'cganjax' or 'stargan'."
+    )
   optim = config.optim
   g_optimizer = optax.adam(optim.g_learning_rate, b1=optim.b1, b2=optim.b2)
   d_optimizer = optax.adam(optim.d_learning_rate, b1=optim.b1, b2=optim.b2)
@@ -277,6 +288,16 @@ ENTROPY_HEADS = ('sigmoid',)
 
 def validate_loss_config(config) -> None:
   """Raise a one-line InputError for loss settings the step cannot use."""
+  arch = config.model.get('arch', 'cganjax')
+  if arch == 'stargan':
+    from cganjax import stargan
+
+    stargan.validate_loss_config(config)
+    return
+  if arch != 'cganjax':
+    raise InputError(
+      f"model.arch={arch!r} is not supported; use 'cganjax' or 'stargan'."
+    )
   loss_config = config.loss
   adversarial_type = loss_config.adversarial.type
   if adversarial_type not in losses.ADVERSARIAL_LOSSES:
@@ -543,13 +564,20 @@ def make_train_step(config, networks: Networks, mesh: Mesh):
   config is read when the step is traced, at its first call.
   """
   validate_loss_config(config)
-  feature_setup = create_feature_setup(config, networks)
-  feature_params = {}
-  if feature_setup is not None and feature_setup.extractor.params is not None:
-    feature_params = feature_setup.extractor.params
+  if config.model.get('arch', 'cganjax') == 'stargan':
+    from cganjax import stargan
+
+    local_step = stargan.make_local_step(config, networks)
+    feature_params = {}
+  else:
+    feature_setup = create_feature_setup(config, networks)
+    local_step = functools.partial(_local_step, config, networks, feature_setup)
+    feature_params = {}
+    if feature_setup is not None and feature_setup.extractor.params is not None:
+      feature_params = feature_setup.extractor.params
   feature_params = jax.device_put(feature_params, replicated(mesh))
   sharded = jax.shard_map(
-    functools.partial(_local_step, config, networks, feature_setup),
+    local_step,
     mesh=mesh,
     in_specs=(P(), P(), P(DATA_AXIS)),
     out_specs=(P(), P()),
