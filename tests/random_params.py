@@ -40,3 +40,33 @@ def gan_params(generator, discriminator, image_size: int, seed: int = 7):
   )
   g_shapes, d_shapes = shapes
   return random_like(g_shapes, seed), random_like(d_shapes, seed + 1)
+
+
+def write_random_run(path, config) -> None:
+  """Write a run record and a step-0 checkpoint of random weights to `path`.
+
+  The checkpoint is saved with training's own `save_checkpoint`, which is
+  all that restoring needs; G's EMA weights equal G's.
+  """
+  from cganjax import checkpoint, step, train
+  from cganjax.data import pipeline
+
+  info = pipeline.dataset_info(config)
+  networks = step.create_networks(config, info.attributes)
+  abstract = jax.eval_shape(lambda: step.create_train_state(config, networks))
+  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
+  g_params, d_params = gan_params(
+    networks.generator, networks.discriminator, config.data.image_size
+  )
+  state = state.replace(
+    g_params=g_params, d_params=d_params, g_ema_params=g_params
+  )
+  checkpoint.write_run_record(
+    path, checkpoint.make_run_record(config, info.attributes)
+  )
+  manager = checkpoint.checkpoint_manager(path, async_save=False)
+  try:
+    train.save_checkpoint(manager, state, path)
+    manager.wait_until_finished()
+  finally:
+    manager.close()

@@ -24,15 +24,12 @@ from conftest import make_tiny_config
 
 from cganjax import (
   analysis,
-  checkpoint,
   losses,
   maps_dump,
   maps_folder,
   restore,
-  step,
-  train,
 )
-from cganjax.data import parts, pipeline
+from cganjax.data import parts
 from cganjax.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -406,28 +403,9 @@ def test_analyse_folder_in_chunks_matches(tmp_path):
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
-  """A run record and a step-0 checkpoint of fixed random weights."""
+  """A work directory with a run record and a random step-0 checkpoint."""
   path = tmp_path_factory.mktemp('run')
-  config = make_tiny_config()
-  info = pipeline.dataset_info(config)
-  networks = step.create_networks(config, info.attributes)
-  abstract = jax.eval_shape(lambda: step.create_train_state(config, networks))
-  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
-  g_params, d_params = random_params.gan_params(
-    networks.generator, networks.discriminator, config.data.image_size
-  )
-  state = state.replace(
-    g_params=g_params, d_params=d_params, g_ema_params=g_params
-  )
-  checkpoint.write_run_record(
-    path, checkpoint.make_run_record(config, info.attributes)
-  )
-  manager = checkpoint.checkpoint_manager(path, async_save=False)
-  try:
-    train.save_checkpoint(manager, state, path)
-    manager.wait_until_finished()
-  finally:
-    manager.close()
+  random_params.write_random_run(path, make_tiny_config())
   return path
 
 

@@ -16,7 +16,6 @@ import sys
 import zlib
 from pathlib import Path
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -24,8 +23,8 @@ import random_params
 from conftest import make_tiny_config
 from PIL import Image
 
-from cganjax import checkpoint, edit_images, editing, step, train
-from cganjax.data import parts, pipeline, synthetic
+from cganjax import edit_images, editing
+from cganjax.data import parts, synthetic
 from cganjax.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,28 +33,9 @@ MODEL_SIZE = 32
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
-  """A work directory with a run record and a checkpoint at step 0."""
+  """A work directory with a run record and a random step-0 checkpoint."""
   path = tmp_path_factory.mktemp('run')
-  config = make_tiny_config()
-  info = pipeline.dataset_info(config)
-  networks = step.create_networks(config, info.attributes)
-  abstract = jax.eval_shape(lambda: step.create_train_state(config, networks))
-  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
-  g_params, d_params = random_params.gan_params(
-    networks.generator, networks.discriminator, config.data.image_size
-  )
-  state = state.replace(
-    g_params=g_params, d_params=d_params, g_ema_params=g_params
-  )
-  checkpoint.write_run_record(
-    path, checkpoint.make_run_record(config, info.attributes)
-  )
-  manager = checkpoint.checkpoint_manager(path, async_save=False)
-  try:
-    train.save_checkpoint(manager, state, path)
-    manager.wait_until_finished()
-  finally:
-    manager.close()
+  random_params.write_random_run(path, make_tiny_config())
   return path
 
 

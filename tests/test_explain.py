@@ -20,15 +20,11 @@ from conftest import make_tiny_config
 from PIL import Image
 
 from cganjax import (
-  checkpoint,
   evaluation,
   maps_dump,
   maps_folder,
   restore,
-  step,
-  train,
 )
-from cganjax.data import pipeline
 from cganjax.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,31 +39,9 @@ DUMP_OPTIONS = {
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
-  """A work directory with a run record and a checkpoint at step 0.
-
-  The state has random weights from `random_params`, saved with training's
-  own `save_checkpoint`, which is all that restoring needs.
-  """
+  """A work directory with a run record and a random step-0 checkpoint."""
   path = tmp_path_factory.mktemp('run')
-  config = make_tiny_config()
-  info = pipeline.dataset_info(config)
-  networks = step.create_networks(config, info.attributes)
-  abstract = jax.eval_shape(lambda: step.create_train_state(config, networks))
-  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
-  g_params, d_params = random_params.gan_params(
-    networks.generator, networks.discriminator, config.data.image_size
-  )
-  state = state.replace(
-    g_params=g_params, d_params=d_params, g_ema_params=g_params
-  )
-  record = checkpoint.make_run_record(config, info.attributes)
-  checkpoint.write_run_record(path, record)
-  manager = checkpoint.checkpoint_manager(path, async_save=False)
-  try:
-    train.save_checkpoint(manager, state, path)
-    manager.wait_until_finished()
-  finally:
-    manager.close()
+  random_params.write_random_run(path, make_tiny_config())
   return path
 
 
