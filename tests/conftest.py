@@ -5,6 +5,8 @@ flag is set here, before any test imports JAX.
 """
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ['XLA_FLAGS'] = (
@@ -98,3 +100,20 @@ def file_contents(folder) -> dict[str, bytes]:
     for p in sorted(folder.rglob('*'))
     if p.is_file()
   }
+
+
+def run_module(module: str, *args, timeout=300):
+  """Run `python -m MODULE ARGS` from the repository root on one CPU device.
+
+  XLA_FLAGS is dropped so that the subprocess does not simulate 8 devices.
+  """
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  return subprocess.run(
+    [sys.executable, '-m', module, *args],
+    cwd=Path(__file__).resolve().parents[1],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )

@@ -9,7 +9,6 @@ is worked out by hand from that layout.
 import csv
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import random_params
-from conftest import make_tiny_config
+from conftest import make_tiny_config, run_module
 
 from cganjax import (
   analysis,
@@ -496,16 +495,7 @@ def test_prepare_checks_rejects_other_run(workdir, tiny_maps, tmp_path):
 
 
 def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
-  return subprocess.run(
-    [sys.executable, '-m', 'cganjax.analyze', *args],
-    cwd=REPO_ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-  )
+  return run_module('cganjax.analyze', *args, timeout=timeout)
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:

@@ -8,11 +8,9 @@ under test.
 """
 
 import json
-import os
 import shutil
 import struct
 import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 import random_params
-from conftest import make_tiny_config
+from conftest import make_tiny_config, run_module
 from PIL import Image
 
 from cganjax import edit_images, editing
@@ -645,16 +643,7 @@ def test_leftover_temporary_checkpoint_ignored(workdir, tmp_path):
 
 
 def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
-  return subprocess.run(
-    [sys.executable, '-m', 'cganjax.edit', *args],
-    cwd=REPO_ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-  )
+  return run_module('cganjax.edit', *args, timeout=timeout)
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:

@@ -7,16 +7,14 @@ settings load the compiled program.
 """
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 import random_params
-from conftest import make_tiny_config
+from conftest import make_tiny_config, run_module
 from PIL import Image
 
 from cganjax import (
@@ -233,16 +231,7 @@ def test_dump_rejects_bad_requests(workdir, tmp_path):
 
 
 def run_cli(*args, timeout=300) -> subprocess.CompletedProcess:
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
-  return subprocess.run(
-    [sys.executable, '-m', 'cganjax.explain', *args],
-    cwd=REPO_ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-  )
+  return run_module('cganjax.explain', *args, timeout=timeout)
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
