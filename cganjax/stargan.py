@@ -40,7 +40,6 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from cganjax import losses, models, step
 from cganjax.errors import InputError
@@ -477,22 +476,11 @@ def local_step(config, networks, feature_params, state, batch):
       due, update_g, skip_g, None
     )
 
-  g_ema_params = optax.incremental_update(
-    g_params, state.g_ema_params, 1.0 - step.ema_decay(config, state.step)
-  )
-  g_ema_params = step.select_tree(g_finite, g_ema_params, state.g_ema_params)
-
-  finite = d_finite & g_finite
-  skipped = (~finite).astype(jnp.int32)
-  new_state = step.TrainState(
-    step=state.step + 1,
-    g_params=g_params,
-    d_params=d_params,
-    g_ema_params=g_ema_params,
-    g_opt_state=g_opt_state,
-    d_opt_state=d_opt_state,
-    nonfinite_steps=state.nonfinite_steps + skipped,
-    consecutive_nonfinite=(state.consecutive_nonfinite + 1) * skipped,
+  new_state, skipped = step.next_state(
+    config,
+    state,
+    (g_params, g_opt_state, g_finite),
+    (d_params, d_opt_state, d_finite),
   )
   metrics = {**d_metrics, **g_metrics}
   metrics['nonfinite'] = skipped.astype(jnp.float32)

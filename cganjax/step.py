@@ -216,6 +216,34 @@ def select_tree(condition: jax.Array, when_true, when_false):
   )
 
 
+def next_state(config, state: TrainState, g_update, d_update):
+  """Assemble the state after one D and one G update.
+
+  `g_update` and `d_update` are `(params, opt_state, finite)` as returned by
+  `guarded_update`. G's EMA moves only when G's update was finite. Returns
+  the new state and `skipped`, an int32 that is 1 when either update was
+  skipped for a non-finite value.
+  """
+  g_params, g_opt_state, g_finite = g_update
+  d_params, d_opt_state, d_finite = d_update
+  g_ema_params = optax.incremental_update(
+    g_params, state.g_ema_params, 1.0 - ema_decay(config, state.step)
+  )
+  g_ema_params = select_tree(g_finite, g_ema_params, state.g_ema_params)
+  skipped = (~(d_finite & g_finite)).astype(jnp.int32)
+  new_state = TrainState(
+    step=state.step + 1,
+    g_params=g_params,
+    d_params=d_params,
+    g_ema_params=g_ema_params,
+    g_opt_state=g_opt_state,
+    d_opt_state=d_opt_state,
+    nonfinite_steps=state.nonfinite_steps + skipped,
+    consecutive_nonfinite=(state.consecutive_nonfinite + 1) * skipped,
+  )
+  return new_state, skipped
+
+
 def guarded_update(loss_fn, optimizer, params, opt_state):
   """Apply one optimizer update unless it would not be finite.
 
@@ -530,22 +558,11 @@ def _local_step(
   g_params, g_opt_state, g_finite, g_metrics = guarded_update(
     g_loss_fn, networks.g_optimizer, state.g_params, state.g_opt_state
   )
-  g_ema_params = optax.incremental_update(
-    g_params, state.g_ema_params, 1.0 - ema_decay(config, state.step)
-  )
-  g_ema_params = select_tree(g_finite, g_ema_params, state.g_ema_params)
-
-  finite = d_finite & g_finite
-  skipped = (~finite).astype(jnp.int32)
-  new_state = TrainState(
-    step=state.step + 1,
-    g_params=g_params,
-    d_params=d_params,
-    g_ema_params=g_ema_params,
-    g_opt_state=g_opt_state,
-    d_opt_state=d_opt_state,
-    nonfinite_steps=state.nonfinite_steps + skipped,
-    consecutive_nonfinite=(state.consecutive_nonfinite + 1) * skipped,
+  new_state, skipped = next_state(
+    config,
+    state,
+    (g_params, g_opt_state, g_finite),
+    (d_params, d_opt_state, d_finite),
   )
   metrics = {**d_metrics, **g_metrics}
   metrics['mask/area'] = jnp.mean(mask)
