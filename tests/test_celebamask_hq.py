@@ -496,7 +496,7 @@ def test_evaluator_rejects_too_few_held_out_images(tmp_path):
     evaluation.check_evaluable(config, num_images=1)
 
 
-def test_evaluate_command_rejects_the_sample_size_in_one_line(tmp_path):
+def test_evaluate_rejects_small_held_out_set(tmp_path):
   config = fixture_config(tmp_path)
   workdir = tmp_path / 'run'
   workdir.mkdir()
@@ -513,5 +513,6 @@ def test_evaluate_command_rejects_the_sample_size_in_one_line(tmp_path):
   )
   assert result.returncode == 2
   errors = [line for line in result.stderr.splitlines() if 'error:' in line]
-  assert len(errors) == 1 and 'too few held-out images' in errors[0]
+  assert len(errors) == 1
+  assert 'too few held-out images' in errors[0]
   assert not (workdir / 'eval').exists()

@@ -309,7 +309,7 @@ def test_cli_writes_maps_folder(workdir, tmp_path):
   assert len(grids) == 9
 
 
-def test_read_image_keeps_the_high_byte_of_16_bit_samples(tmp_path):
+def test_read_image_16_bit_high_byte(tmp_path):
   # Regression: converting with Pillow's convert('RGB') clipped 16-bit
   # samples, so 1000 and 40000 both became 255.
   values = np.array([[1000, 40000], [65535, 255]], np.uint16)
