@@ -14,9 +14,13 @@ The weights come from one 300-step run of the demo config with every new
 term at weight 1 (seed 0, one CPU device). At step 300, G's attribute loss
 was 3.5, the style loss 1.5, the conditional entropy 4.0 and the marginal
 KL 0.13, so these weights make the terms 0.15, 0.40 and 0.13, each a small
-share of G's loss. NOTE: the style loss on D's taps grows with the scale of
-D's features (3e-4 at step 1 in that run), so its share may keep growing
-over a 2,000-step run; this has not been measured.
+share of G's loss. The style loss on D's taps grows with the scale of D's
+features (3e-4 at step 1 in that run). Over the full 2,000 steps (logged
+means of steps 1901 to 2000, seeds 0 to 2 of `style` and of `both`) it
+reached 3.8 to 5.9, so at weight 0.1 it was 15% to 22% of G's total loss,
+against 2% to 3% at step 300. The entropy terms shrank instead: the
+conditional entropy from 4.4-4.8 to 1.2-1.3 and the marginal KL from 0.10
+to 0.02.
 """
 
 import sys
